@@ -1,0 +1,82 @@
+"""The options of :func:`hypernn.hypernetize`, validated once, shared by every backend.
+
+    >>> opts = HypernetizeOptions(embedding_dim=8, num_embeddings=4)
+    >>> opts.layout, opts.targets
+    ('global', None)
+    >>> HypernetizeOptions(embedding_dim=0, num_embeddings=4)
+    Traceback (most recent call last):
+    ...
+    hypernn.errors.ConfigurationError: `embedding_dim` must be a positive int; got 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from .errors import ConfigurationError, OptionTypeError
+from .layout import LAYOUTS
+from .selection import Selector, check_selector
+
+__all__ = ["HypernetizeOptions", "check_positive_int"]
+
+
+def check_positive_int(value: Any, argument: str, *, optional: bool = False) -> None:
+    """Raise unless ``value`` is a positive ``int`` (``None`` allowed when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "a positive int or None" if optional else "a positive int"
+        raise OptionTypeError(f"`{argument}` must be {kind}; got {value!r} of type {type(value).__name__}.")
+    if value <= 0:
+        raise ConfigurationError(f"`{argument}` must be a positive int; got {value}.")
+
+
+def _check_callable(value: Any, argument: str) -> None:
+    if value is not None and not callable(value):
+        raise OptionTypeError(f"`{argument}` must be a callable (a factory) or None; got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class HypernetizeOptions:
+    """Everything :func:`hypernn.hypernetize` takes besides the model.
+
+    Attributes:
+        embedding_dim: width of each chunk embedding.
+        num_embeddings: number of chunks (see :mod:`hypernn.layout`).
+        chunk_dim: values per chunk; computed when unset.
+        layout: ``"global"`` (hyper-nn's) or ``"per_tensor"``.
+        targets, exclude: which parameters to generate (see :mod:`hypernn.selection`).
+        embedding_factory: ``(num_embeddings, embedding_dim) -> module``.
+        generator_factory: ``(embedding_dim, chunk_dim) -> module``.
+        inplace: hypernetize the given model object itself (its selected parameters are
+            removed from it) instead of a deep copy.
+    """
+
+    embedding_dim: int
+    num_embeddings: Optional[int] = None
+    chunk_dim: Optional[int] = None
+    layout: str = "global"
+    targets: Selector = None
+    exclude: Selector = None
+    embedding_factory: Optional[Callable[[int, int], Any]] = None
+    generator_factory: Optional[Callable[[int, int], Any]] = None
+    inplace: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.embedding_dim, "embedding_dim")
+        check_positive_int(self.num_embeddings, "num_embeddings", optional=True)
+        check_positive_int(self.chunk_dim, "chunk_dim", optional=True)
+        if self.layout not in LAYOUTS:
+            raise ConfigurationError(f"`layout` must be one of {LAYOUTS}; got {self.layout!r}.")
+        if self.num_embeddings is None and self.chunk_dim is None:
+            raise ConfigurationError(
+                "pass `num_embeddings` (the number of generated chunks) or `chunk_dim` (values per chunk) "
+                "to size the chunk layout."
+            )
+        check_selector(self.targets, "targets")
+        check_selector(self.exclude, "exclude")
+        _check_callable(self.embedding_factory, "embedding_factory")
+        _check_callable(self.generator_factory, "generator_factory")
+        if not isinstance(self.inplace, bool):
+            raise OptionTypeError(f"`inplace` must be a bool; got {self.inplace!r}.")

@@ -1,0 +1,103 @@
+"""``hypernetize``: turn a model (or a model class) into a hypernetwork.
+
+This module imports no framework; the backend is chosen from the model's type.
+
+    >>> transform = hypernetize(embedding_dim=4, num_embeddings=8)
+    >>> transform
+    Hypernetize(embedding_dim=4, num_embeddings=8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from ..errors import OptionTypeError
+from ..options import HypernetizeOptions
+from ..selection import Selection, Selector
+from ..selection import select as _select
+from .backends import backend_for
+
+__all__ = ["Hypernetize", "hypernetize", "select"]
+
+_OPTION_NAMES = tuple(field.name for field in dataclasses.fields(HypernetizeOptions))
+
+
+class Hypernetize:
+    """A reusable transform holding validated options; call it on a model or a class.
+
+    On a model instance it returns the backend's hypernetwork module; on a model class it
+    returns a class whose instances are hypernetworks (the decorator form).
+    """
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(_OPTION_NAMES))
+        if unknown:
+            raise OptionTypeError(f"hypernetize got unknown options {unknown}; valid options: {', '.join(_OPTION_NAMES)}.")
+        if "embedding_dim" not in options:
+            raise OptionTypeError("hypernetize needs `embedding_dim=` (the width of each chunk embedding).")
+        self.options = HypernetizeOptions(**options)
+
+    def __call__(self, model: Any) -> Any:
+        backend = backend_for(model)
+        if isinstance(model, type):
+            return backend.decorate(model, self.options)
+        return backend.hypernetize(model, options=self.options)
+
+    def __repr__(self) -> str:
+        defaults = HypernetizeOptions(embedding_dim=1, num_embeddings=1)
+        shown = [
+            f"{name}={getattr(self.options, name)!r}"
+            for name in _OPTION_NAMES
+            if name in ("embedding_dim",) or getattr(self.options, name) != getattr(defaults, name)
+        ]
+        return f"Hypernetize({', '.join(shown)})"
+
+
+def hypernetize(model: Any = None, /, **options: Any) -> Any:
+    """Turn ``model`` into a hypernetwork that generates its selected parameters.
+
+    Args:
+        model: a ``torch.nn.Module`` (instance or subclass). Omit it to get a reusable
+            :class:`Hypernetize` transform, usable as a class decorator.
+        embedding_dim: width of each chunk embedding (required).
+        num_embeddings: number of generated chunks (one embedding each).
+        chunk_dim: values per chunk; computed from ``num_embeddings`` when unset.
+        layout: ``"global"`` (default, hyper-nn's: chunks of ``ceil(P / num_embeddings)``
+            over all selected values end to end) or ``"per_tensor"`` (no chunk spans two
+            tensors).
+        targets, exclude: which parameters to generate; see :mod:`hypernn.selection`.
+            Default: every floating-point parameter.
+        embedding_factory: ``(num_embeddings, embedding_dim) -> module``; default an
+            embedding table.
+        generator_factory: ``(embedding_dim, chunk_dim) -> module``; default a linear layer.
+        inplace: use the model object itself (removing the selected parameters from it)
+            instead of a deep copy. Default ``False``: the model is left unchanged.
+
+    Returns:
+        A module of the model's framework whose call takes what the model takes.
+
+    Example::
+
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> hnet = hypernetize(model, embedding_dim=3, num_embeddings=4, targets=["0"])
+        >>> hnet(torch.randn(5, 4)).shape, hnet.selection.names
+        (torch.Size([5, 2]), ('0.weight', '0.bias'))
+    """
+    transform = Hypernetize(**options)
+    return transform if model is None else transform(model)
+
+
+def select(model: Any, *, targets: Selector = None, exclude: Selector = None) -> Selection:
+    """Dry run: what ``targets``/``exclude`` would pick from ``model``; builds nothing.
+
+    ``print(select(model, targets=...))`` shows a table of names, shapes and sizes.
+
+        >>> import torch.nn as nn
+        >>> select(nn.Sequential(nn.Linear(2, 3)), targets=["weight"]).names
+        ('0.weight',)
+    """
+    backend = backend_for(model)
+    name = model.__name__ if isinstance(model, type) else type(model).__name__
+    return _select(backend.param_specs(model), targets=targets, exclude=exclude, model_name=name)
