@@ -20,7 +20,6 @@ tensor). Two layouts:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Iterable, Literal, Optional, Sequence, Tuple, Union
 
@@ -57,7 +56,11 @@ class SplitPlan:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Slots of the generated tensors in a vector of ``num_chunks * chunk_dim`` values."""
+    """Slots of the generated tensors in a vector of ``num_chunks * chunk_dim`` values.
+
+    ``full_plan`` splits the generator's whole output (gaps included); ``compact_plan``
+    splits a vector holding only the tensors' values, end to end.
+    """
 
     kind: LayoutKind
     slots: Tuple[Slot, ...]
@@ -79,8 +82,16 @@ class Layout:
         """Generated values that no tensor uses (padding / surplus)."""
         return self.generated_size - self.num_params
 
-    @functools.cached_property
-    def full_plan(self) -> SplitPlan:
+    full_plan: SplitPlan = dataclasses.field(init=False, repr=False, compare=False)
+    compact_plan: SplitPlan = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Plans are computed once here (not lazily) so the forward does no planning work
+        # and torch.compile traces plain attribute reads.
+        object.__setattr__(self, "full_plan", self._plan_with_gaps())
+        object.__setattr__(self, "compact_plan", SplitPlan(tuple(s.size for s in self.slots), tuple(range(len(self.slots)))))
+
+    def _plan_with_gaps(self) -> SplitPlan:
         """Split plan for the generator's whole output (gaps included)."""
         sizes, keep, position = [], [], 0
         for slot in self.slots:
@@ -92,11 +103,6 @@ class Layout:
         if self.generated_size > position:
             sizes.append(self.generated_size - position)
         return SplitPlan(tuple(sizes), tuple(keep))
-
-    @functools.cached_property
-    def compact_plan(self) -> SplitPlan:
-        """Split plan for a vector holding only the tensors' values, end to end."""
-        return SplitPlan(tuple(slot.size for slot in self.slots), tuple(range(len(self.slots))))
 
     def plan_for(self, length: int) -> SplitPlan:
         """The plan for a flat vector of ``length`` values (full or compact).

@@ -219,17 +219,17 @@ def select(
         matcher = _Matcher(targets, "targets")
         chosen = [s for s in params if matcher.matches(s)]
         _check_entries(matcher, specs, model_name)
-        integer = [s.name + f" ({s.dtype})" for s in chosen if not s.is_floating]
-        if integer:
-            raise SelectionError(
-                f"`targets` selects {_listing(integer)} of {model_name}, which are not floating-point and "
-                f"cannot be generated; narrow `targets` or add them to `exclude`."
-            )
     if exclude is not None:
         dropper = _Matcher(exclude, "exclude")
         dropped = {s.name for s in params if dropper.matches(s)}
         _check_entries(dropper, specs, model_name)
         chosen = [s for s in chosen if s.name not in dropped]
+    integer = [s.name + f" ({s.dtype})" for s in chosen if not s.is_floating]
+    if integer:
+        raise SelectionError(
+            f"`targets` selects {_listing(integer)} of {model_name}, which are not floating-point and "
+            f"cannot be generated; narrow `targets` or add them to `exclude`."
+        )
     if not chosen:
         if not any(s.is_floating for s in params):
             raise SelectionError(f"{model_name} has no floating-point parameters to generate. " + _available(specs))

@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ...errors import (
+    GeneratedParamsError,
     GeneratedParamsTypeError,
     GeneratorOutputError,
     OptionTypeError,
