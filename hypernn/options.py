@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .errors import ConfigurationError, OptionTypeError
 from .layout import LAYOUTS
@@ -80,3 +80,7 @@ class HypernetizeOptions:
         _check_callable(self.generator_factory, "generator_factory")
         if not isinstance(self.inplace, bool):
             raise OptionTypeError(f"`inplace` must be a bool; got {self.inplace!r}.")
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        """The options as keyword arguments (values kept as they are, not copied)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...options import HypernetizeOptions
 from ...specs import ParamSpec
-from .decorate import _option_kwargs, decorate as decorate
+from .decorate import decorate as decorate
 from .factories import MLPGenerator as MLPGenerator
 from .factories import default_embedding as default_embedding
 from .factories import default_generator as default_generator
@@ -26,7 +26,7 @@ from .module import HypernetizedModule as HypernetizedModule
 
 def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedModule:
     """Build a :class:`HypernetizedModule` for ``model`` from validated ``options``."""
-    return HypernetizedModule(model, **_option_kwargs(options))
+    return HypernetizedModule(model, **options.as_kwargs())
 
 
 def param_specs(model: nn.Module) -> List[ParamSpec]:

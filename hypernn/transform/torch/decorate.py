@@ -16,10 +16,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import weakref
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 from torch import nn
 
@@ -30,10 +29,6 @@ from .module import HypernetizedModule
 __all__ = ["decorate"]
 
 _CLASSES: "weakref.WeakKeyDictionary[type, List[Tuple[HypernetizeOptions, type]]]" = weakref.WeakKeyDictionary()
-
-
-def _option_kwargs(options: HypernetizeOptions) -> Dict[str, Any]:
-    return {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
 
 
 def _bound_to_name(cls: type) -> bool:
@@ -64,7 +59,7 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     for known, decorated in _CLASSES.get(cls, []):
         if known == options:
             return decorated
-    kwargs = {**_option_kwargs(options), "inplace": True}
+    kwargs = {**options.as_kwargs(), "inplace": True}
 
     def __init__(self, *args: Any, **init_kwargs: Any) -> None:
         HypernetizedModule.__init__(self, cls(*args, **init_kwargs), **kwargs)

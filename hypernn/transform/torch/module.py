@@ -222,12 +222,17 @@ class HypernetizedModule(nn.Module):
         self.layout.plan_for(generated_params.shape[-1])
 
     def unflatten(self, generated_params: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Cut a flat vector into ``{name: tensor}`` (tied names share one tensor)."""
+        """Cut a flat vector into ``{name: tensor}`` (tied names share one tensor).
+
+        Leading dimensions are kept: a ``(B, n)`` batch of vectors gives ``(B, *shape)``
+        tensors.
+        """
         plan = self.layout.plan_for(generated_params.shape[-1])
         pieces = torch.split(generated_params, plan.sizes, dim=-1)
+        lead = tuple(generated_params.shape[:-1])
         tensors = {}
         for slot, index in zip(self.layout.slots, plan.keep):
-            tensor = pieces[index].reshape(slot.shape)
+            tensor = pieces[index].reshape(lead + slot.shape)
             tensors[slot.name] = tensor
             for alias in slot.aliases:
                 tensors[alias] = tensor
