@@ -61,7 +61,9 @@ def hypernetize(model: Any = None, /, **options: Any) -> Any:
         model: a ``torch.nn.Module`` (instance or subclass). Omit it to get a reusable
             :class:`Hypernetize` transform, usable as a class decorator.
         embedding_dim: width of each chunk embedding (required).
-        num_embeddings: number of generated chunks (one embedding each).
+        num_embeddings: number of generated chunks (one embedding each); with
+            ``layout="per_tensor"`` an upper bound: the smallest ``chunk_dim`` whose chunk
+            count fits is used, and ``hnet.num_embeddings`` tells the count.
         chunk_dim: values per chunk; computed from ``num_embeddings`` when unset.
         layout: ``"global"`` (default, hyper-nn's: chunks of ``ceil(P / num_embeddings)``
             over all selected values end to end) or ``"per_tensor"`` (no chunk spans two

@@ -314,9 +314,13 @@ class HypernetizedModule(nn.Module):
             return getattr(self._modules["target_network"], name)
 
     def extra_repr(self) -> str:
+        # The target's own repr shows generated parameters as absent (e.g. ``bias=False``),
+        # so name them here.
         layout = self.layout
+        names = [slot.name for slot in layout.slots]
+        shown = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)" if len(names) > 6 else "")
         return (
             f"layout={layout.kind!r}, num_embeddings={layout.num_chunks}, embedding_dim={self.embedding_dim}, "
-            f"chunk_dim={layout.chunk_dim}, generated={len(layout.slots)} tensors / {layout.num_params} values "
-            f"({layout.unused} unused)"
+            f"chunk_dim={layout.chunk_dim}, generated {layout.num_params} values ({layout.unused} unused) "
+            f"for [{shown}]"
         )
