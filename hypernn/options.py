@@ -12,13 +12,16 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigurationError, OptionTypeError
 from .layout import LAYOUTS
 from .selection import Selector, check_selector
 
-__all__ = ["HypernetizeOptions", "check_positive_int"]
+__all__ = ["BACKEND_SPECIFIC", "HypernetizeOptions", "check_positive_int"]
+
+#: options only some backends use -> the models they are for
+BACKEND_SPECIFIC = {"example_inputs": "flax linen", "init_kwargs": "flax linen", "variables": "flax linen", "rngs": "flax NNX"}
 
 
 def check_positive_int(value: Any, argument: str, *, optional: bool = False) -> None:
@@ -50,7 +53,13 @@ class HypernetizeOptions:
         embedding_factory: ``(num_embeddings, embedding_dim) -> module``.
         generator_factory: ``(embedding_dim, chunk_dim) -> module``.
         inplace: hypernetize the given model object itself (its selected parameters are
-            removed from it) instead of a deep copy.
+            removed from it) instead of a deep copy (torch, NNX).
+        example_inputs: flax linen only: positional arguments that trace the model's
+            variable structure (``module.init(key, *example_inputs, **init_kwargs)``).
+        init_kwargs: flax linen only: keyword arguments for that trace (``train=False``).
+        variables: flax linen only: an existing (e.g. pretrained) variable tree; gives the
+            structure and the initial values of unselected params and other collections.
+        rngs: flax NNX only: an ``nnx.Rngs`` for the hypernetwork's own modules.
     """
 
     embedding_dim: int
@@ -62,6 +71,10 @@ class HypernetizeOptions:
     embedding_factory: Optional[Callable[[int, int], Any]] = None
     generator_factory: Optional[Callable[[int, int], Any]] = None
     inplace: bool = False
+    example_inputs: Optional[Tuple[Any, ...]] = None
+    init_kwargs: Optional[Mapping[str, Any]] = None
+    variables: Any = None
+    rngs: Any = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.embedding_dim, "embedding_dim")
@@ -80,7 +93,27 @@ class HypernetizeOptions:
         _check_callable(self.generator_factory, "generator_factory")
         if not isinstance(self.inplace, bool):
             raise OptionTypeError(f"`inplace` must be a bool; got {self.inplace!r}.")
+        if self.example_inputs is not None and not isinstance(self.example_inputs, (tuple, list)):
+            raise OptionTypeError(
+                f"`example_inputs` must be a tuple of positional arguments, e.g. `example_inputs=(x,)`; "
+                f"got {type(self.example_inputs).__name__}."
+            )
+        if self.init_kwargs is not None and not isinstance(self.init_kwargs, Mapping):
+            raise OptionTypeError(f"`init_kwargs` must be a dict of keyword arguments; got {type(self.init_kwargs).__name__}.")
+
+    def reject_unused(self, backend: str, used: Tuple[str, ...] = ()) -> None:
+        """Raise if a backend-specific option that ``backend`` does not use was given."""
+        for name, owner in BACKEND_SPECIFIC.items():
+            if name not in used and getattr(self, name) is not None:
+                raise OptionTypeError(f"`{name}` is only used for {owner} models; remove it for a {backend} model.")
 
     def as_kwargs(self) -> Dict[str, Any]:
         """The options as keyword arguments (values kept as they are, not copied)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def common_kwargs(self) -> Dict[str, Any]:
+        """The options every backend takes (without the linen/NNX-specific ones)."""
+        kwargs = self.as_kwargs()
+        for name in BACKEND_SPECIFIC:
+            del kwargs[name]
+        return kwargs

@@ -26,7 +26,8 @@ from .module import HypernetizedModule as HypernetizedModule
 
 def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedModule:
     """Build a :class:`HypernetizedModule` for ``model`` from validated ``options``."""
-    return HypernetizedModule(model, **options.as_kwargs())
+    options.reject_unused("torch")
+    return HypernetizedModule(model, **options.common_kwargs())
 
 
 def param_specs(model: nn.Module) -> List[ParamSpec]:

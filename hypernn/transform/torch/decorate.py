@@ -59,7 +59,8 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     for known, decorated in _CLASSES.get(cls, []):
         if known == options:
             return decorated
-    kwargs = {**options.as_kwargs(), "inplace": True}
+    options.reject_unused("torch")
+    kwargs = {**options.common_kwargs(), "inplace": True}
 
     def __init__(self, *args: Any, **init_kwargs: Any) -> None:
         HypernetizedModule.__init__(self, cls(*args, **init_kwargs), **kwargs)
