@@ -21,6 +21,8 @@ __all__ = ["backend_for", "detect_backend", "load_backend"]
 #: backend name -> (module that must be imported, attribute path of its base class, pip extra)
 _BASES = {
     "torch": ("torch", "nn.Module", "torch"),
+    "nnx": ("flax.nnx", "Module", "jax"),
+    "linen": ("flax.linen", "Module", "jax"),
 }
 
 
@@ -32,7 +34,8 @@ def _base_class(framework: str, path: str) -> Optional[type]:
 
 
 def detect_backend(obj: Any) -> Optional[str]:
-    """``"torch"`` for a torch module or module class; ``None`` for anything else."""
+    """``"torch"``, ``"nnx"`` or ``"linen"`` for a module or module class of that kind;
+    ``None`` for anything else."""
     for name, (framework, path, _) in _BASES.items():
         base = _base_class(framework, path)
         if base is None:
@@ -59,6 +62,7 @@ def backend_for(obj: Any, argument: str = "model") -> ModuleType:
     if name is None:
         shown = obj.__name__ if isinstance(obj, type) else type(obj).__name__
         raise UnsupportedModelError(
-            f"`{argument}` must be a torch.nn.Module instance or subclass; got {shown} ({obj!r:.80})."
+            f"`{argument}` must be a torch.nn.Module, flax.linen.Module or flax.nnx.Module (instance or "
+            f"subclass); got {shown} ({obj!r:.80})."
         )
     return load_backend(name)

@@ -45,7 +45,7 @@ def test_unknown_or_missing_options_are_named():
 
 @pytest.mark.parametrize("model", [3, "mlp", None.__class__, object()])
 def test_non_models_are_rejected(model):
-    with pytest.raises(UnsupportedModelError, match=r"`model` must be a torch\.nn\.Module instance or subclass; got"):
+    with pytest.raises(UnsupportedModelError, match=r"`model` must be a torch\.nn\.Module, flax\.linen\.Module or flax\.nnx\.Module \(instance or subclass\); got"):
         hypernn.hypernetize(model, embedding_dim=2, num_embeddings=2)
     with pytest.raises(UnsupportedModelError, match=r"`model` must be"):
         hypernn.select(model)
