@@ -1,4 +1,4 @@
-"""hypernn: turn any PyTorch model into a hypernetwork with one call.
+"""hypernn: turn any PyTorch or Flax model into a hypernetwork with one call.
 
 ``import hypernn`` imports no framework; backends load when a model of theirs arrives.
 
@@ -24,6 +24,7 @@ from .errors import (
     SelectionError as SelectionError,
     UnsupportedModelError as UnsupportedModelError,
 )
+from .factories import MLPGeneratorSpec as MLPGeneratorSpec, mlp_generator as mlp_generator
 from .layout import Layout as Layout, plan_layout as plan_layout
 from .options import HypernetizeOptions as HypernetizeOptions
 from .selection import Selection as Selection
@@ -34,8 +35,8 @@ __version__ = "0.3.0.dev0"
 #: names served lazily from a backend, so ``import hypernn`` stays framework-free.
 _LAZY = {
     "HypernetizedModule": "torch",
-    "MLPGenerator": "torch",
-    "mlp_generator": "torch",
+    "HypernetizedNNX": "nnx",
+    "HypernetizedLinen": "linen",
 }
 
 
@@ -50,8 +51,8 @@ def __getattr__(name: str) -> Any:
 __all__ = sorted(
     [
         "ConfigurationError", "GeneratedParamsError", "GeneratedParamsTypeError", "GeneratorOutputError",
-        "Hypernetize", "HypernetizeOptions", "HypernnError", "Layout", "MissingDependencyError",
+        "Hypernetize", "HypernetizeOptions", "HypernnError", "Layout", "MLPGeneratorSpec", "MissingDependencyError",
         "OptionTypeError", "ReservedArgumentError", "Selection", "SelectionError", "UnsupportedModelError",
-        "errors", "hypernetize", "plan_layout", "select", *_LAZY,
+        "errors", "hypernetize", "mlp_generator", "plan_layout", "select", *_LAZY,
     ]
 )  # fmt: skip

@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigurationError, OptionTypeError
+from .factories import MLPGeneratorSpec
 from .layout import LAYOUTS
 from .selection import Selector, check_selector
 
@@ -35,9 +36,12 @@ def check_positive_int(value: Any, argument: str, *, optional: bool = False) -> 
         raise ConfigurationError(f"`{argument}` must be a positive int; got {value}.")
 
 
-def _check_callable(value: Any, argument: str) -> None:
-    if value is not None and not callable(value):
-        raise OptionTypeError(f"`{argument}` must be a callable (a factory) or None; got {value!r}.")
+def _check_factory(value: Any, argument: str) -> None:
+    if value is not None and not callable(value) and not isinstance(value, MLPGeneratorSpec):
+        raise OptionTypeError(
+            f"`{argument}` must be a callable (a factory), a spec such as `hypernn.mlp_generator(...)`, or None; "
+            f"got {value!r}."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +93,8 @@ class HypernetizeOptions:
             )
         check_selector(self.targets, "targets")
         check_selector(self.exclude, "exclude")
-        _check_callable(self.embedding_factory, "embedding_factory")
-        _check_callable(self.generator_factory, "generator_factory")
+        _check_factory(self.embedding_factory, "embedding_factory")
+        _check_factory(self.generator_factory, "generator_factory")
         if not isinstance(self.inplace, bool):
             raise OptionTypeError(f"`inplace` must be a bool; got {self.inplace!r}.")
         if self.example_inputs is not None and not isinstance(self.example_inputs, (tuple, list)):

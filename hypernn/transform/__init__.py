@@ -58,8 +58,9 @@ def hypernetize(model: Any = None, /, **options: Any) -> Any:
     """Turn ``model`` into a hypernetwork that generates its selected parameters.
 
     Args:
-        model: a ``torch.nn.Module`` (instance or subclass). Omit it to get a reusable
-            :class:`Hypernetize` transform, usable as a class decorator.
+        model: a ``torch.nn.Module``, ``flax.linen.Module`` or ``flax.nnx.Module``
+            (instance or subclass). Omit it to get a reusable :class:`Hypernetize`
+            transform, usable as a class decorator.
         embedding_dim: width of each chunk embedding (required).
         num_embeddings: number of generated chunks (one embedding each); with
             ``layout="per_tensor"`` an upper bound: the smallest ``chunk_dim`` whose chunk
@@ -74,7 +75,14 @@ def hypernetize(model: Any = None, /, **options: Any) -> Any:
             embedding table.
         generator_factory: ``(embedding_dim, chunk_dim) -> module``; default a linear layer.
         inplace: use the model object itself (removing the selected parameters from it)
-            instead of a deep copy. Default ``False``: the model is left unchanged.
+            instead of a deep copy (torch, NNX). Default ``False``: the model is left
+            unchanged.
+        example_inputs, init_kwargs, variables: flax linen only: how to learn the model's
+            variable structure (``module.init(key, *example_inputs, **init_kwargs)``, or
+            an existing variable tree whose values also initialise the unselected
+            params and other collections). Without them it is traced at the first
+            ``init``/``apply``.
+        rngs: flax NNX only (required there): ``nnx.Rngs`` for the hypernetwork's modules.
 
     Returns:
         A module of the model's framework whose call takes what the model takes.
@@ -91,15 +99,25 @@ def hypernetize(model: Any = None, /, **options: Any) -> Any:
     return transform if model is None else transform(model)
 
 
-def select(model: Any, *, targets: Selector = None, exclude: Selector = None) -> Selection:
+def select(
+    model: Any, *, targets: Selector = None, exclude: Selector = None, **structure: Any
+) -> Selection:
     """Dry run: what ``targets``/``exclude`` would pick from ``model``; builds nothing.
 
-    ``print(select(model, targets=...))`` shows a table of names, shapes and sizes.
+    ``print(select(model, targets=...))`` shows a table of names, shapes and sizes. A
+    flax linen module also needs ``example_inputs=`` (and ``init_kwargs=``) or
+    ``variables=``, as for :func:`hypernetize`.
 
         >>> import torch.nn as nn
         >>> select(nn.Sequential(nn.Linear(2, 3)), targets=["weight"]).names
         ('0.weight',)
     """
     backend = backend_for(model)
+    unknown = sorted(set(structure) - {"example_inputs", "init_kwargs", "variables"})
+    if unknown:
+        raise OptionTypeError(f"select got unknown options {unknown}; it takes targets, exclude and, for linen, "
+                              f"example_inputs, init_kwargs, variables.")  # fmt: skip
+    if structure and backend.__name__ != "hypernn.transform.linen":
+        raise OptionTypeError(f"{sorted(structure)} are only used for flax linen models.")
     name = model.__name__ if isinstance(model, type) else type(model).__name__
-    return _select(backend.param_specs(model), targets=targets, exclude=exclude, model_name=name)
+    return _select(backend.param_specs(model, **structure), targets=targets, exclude=exclude, model_name=name)

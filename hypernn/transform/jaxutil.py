@@ -18,7 +18,11 @@ import numpy as np
 from ..errors import GeneratedParamsError, GeneratedParamsTypeError, GeneratorOutputError
 from ..layout import Layout
 
-__all__ = ["check_chunks", "check_generated_params", "dotted", "dtype_name", "is_floating", "set_path", "unflatten"]
+#: activation names of :mod:`hypernn.factories` -> jax functions
+JAX_ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "silu": jax.nn.silu,
+                   "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}  # fmt: skip
+
+__all__ = ["JAX_ACTIVATIONS", "check_chunks", "check_generated_params", "dotted", "dtype_name", "is_floating", "set_path", "unflatten"]
 
 
 def dotted(path: Iterable[Any]) -> str:

@@ -11,6 +11,7 @@ from torch import nn
 
 import hypernn
 from hypernn import hypernetize
+from hypernn.transform.torch import MLPGenerator
 from hypernn.errors import (
     GeneratedParamsError,
     GeneratedParamsTypeError,
@@ -285,7 +286,7 @@ def test_integer_parameters_are_skipped_by_default():
 
 def test_factories_and_subclass_overrides():
     hnet = hypernetize(mlp(), embedding_dim=5, num_embeddings=4, generator_factory=hypernn.mlp_generator((7,)))
-    assert isinstance(hnet.weight_generator, hypernn.MLPGenerator)
+    assert isinstance(hnet.weight_generator, MLPGenerator)
     assert hnet.weight_generator.layers[0].in_features == 5 and hnet.weight_generator.layers[-1].out_features == 17
 
     class Scaled01(hypernn.HypernetizedModule):

@@ -18,7 +18,6 @@ from .decorate import decorate as decorate
 from .factories import MLPGenerator as MLPGenerator
 from .factories import default_embedding as default_embedding
 from .factories import default_generator as default_generator
-from .factories import mlp_generator as mlp_generator
 from .introspect import GeneratedSlot as GeneratedSlot
 from .introspect import param_specs as _param_specs
 from .module import HypernetizedNNX as HypernetizedNNX

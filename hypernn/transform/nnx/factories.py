@@ -5,19 +5,24 @@ NNX factories take ``rngs=`` besides the sizes:
 ``generator_factory(embedding_dim, chunk_dim, rngs=rngs)``.
 
     >>> from flax import nnx
-    >>> mlp_generator((16,))(4, 10, rngs=nnx.Rngs(0)).layers[0].in_features
+
+    >>> from hypernn import mlp_generator
+    >>> resolve(mlp_generator((16,)))(4, 10, rngs=nnx.Rngs(0)).layers[0].in_features
     4
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 from flax import nnx
 
-__all__ = ["MLPGenerator", "default_embedding", "default_generator", "mlp_generator"]
+from ...factories import MLPGeneratorSpec, resolve_factory
+from ..jaxutil import JAX_ACTIVATIONS
+
+__all__ = ["MLPGenerator", "default_embedding", "default_generator", "resolve"]
 
 
 def default_embedding(num_embeddings: int, embedding_dim: int, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -52,6 +57,10 @@ class MLPGenerator(nnx.Module):
         return self.layers[-1](embedding)
 
 
-def mlp_generator(hidden_dims: Sequence[int] = (64,), activation: Callable = jax.nn.relu) -> Callable[..., nnx.Module]:
-    """A ``generator_factory`` building an :class:`MLPGenerator` with these hidden layers."""
-    return functools.partial(MLPGenerator, hidden_dims=tuple(hidden_dims), activation=activation)
+def _from_spec(spec: MLPGeneratorSpec) -> Callable[..., nnx.Module]:
+    return functools.partial(MLPGenerator, hidden_dims=spec.hidden_dims, activation=JAX_ACTIVATIONS[spec.activation])
+
+
+def resolve(factory: Any) -> Any:
+    """The NNX factory for a neutral spec (:mod:`hypernn.factories`); callables unchanged."""
+    return resolve_factory(factory, {MLPGeneratorSpec: _from_spec})

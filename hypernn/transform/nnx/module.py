@@ -98,8 +98,8 @@ class HypernetizedNNX(nnx.Module):
         self.embedding_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
-        self._factories = (options.embedding_factory or factories.default_embedding,
-                           options.generator_factory or factories.default_generator)  # fmt: skip
+        self._factories = (factories.resolve(options.embedding_factory) or factories.default_embedding,
+                           factories.resolve(options.generator_factory) or factories.default_generator)  # fmt: skip
         embedding_module = self._checked_module(self.make_embedding_module(rngs), "embedding_factory")
         weight_generator = self._checked_module(self.make_weight_generator(rngs), "generator_factory")
         del self._factories

@@ -5,7 +5,8 @@ A factory is any callable; the hypernetwork calls
 ``generator_factory(embedding_dim, chunk_dim)`` and expects ``nn.Module`` back. The
 generator maps ``(num_embeddings, embedding_dim)`` to ``(num_embeddings, chunk_dim)``.
 
-    >>> factory = mlp_generator(hidden_dims=(16,))
+    >>> from hypernn import mlp_generator
+    >>> factory = resolve(mlp_generator(hidden_dims=(16,)))
     >>> factory(4, 10)
     MLPGenerator(
       (layers): Sequential(
@@ -19,11 +20,13 @@ generator maps ``(num_embeddings, embedding_dim)`` to ``(num_embeddings, chunk_d
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
-__all__ = ["MLPGenerator", "default_embedding", "default_generator", "mlp_generator"]
+from ...factories import MLPGeneratorSpec, resolve_factory
+
+__all__ = ["MLPGenerator", "default_embedding", "default_generator", "resolve"]
 
 
 def default_embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
@@ -65,8 +68,14 @@ class MLPGenerator(nn.Module):
         return self.layers(embedding)
 
 
-def mlp_generator(
-    hidden_dims: Sequence[int] = (64,), activation: Callable[[], nn.Module] = nn.ReLU
-) -> Callable[[int, int], nn.Module]:
-    """A ``generator_factory`` building an :class:`MLPGenerator` with these hidden layers."""
-    return functools.partial(MLPGenerator, hidden_dims=tuple(hidden_dims), activation=activation)
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+                "identity": nn.Identity}  # fmt: skip
+
+
+def _from_spec(spec: MLPGeneratorSpec) -> Callable[[int, int], nn.Module]:
+    return functools.partial(MLPGenerator, hidden_dims=spec.hidden_dims, activation=_ACTIVATIONS[spec.activation])
+
+
+def resolve(factory: Any) -> Any:
+    """The torch factory for a neutral spec (:mod:`hypernn.factories`); callables unchanged."""
+    return resolve_factory(factory, {MLPGeneratorSpec: _from_spec})

@@ -127,8 +127,8 @@ class HypernetizedModule(nn.Module):
         self.embedding_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
-        self._factories = (options.embedding_factory or factories.default_embedding,
-                           options.generator_factory or factories.default_generator)  # fmt: skip
+        self._factories = (factories.resolve(options.embedding_factory) or factories.default_embedding,
+                           factories.resolve(options.generator_factory) or factories.default_generator)  # fmt: skip
         reference = chosen[0].value
         embedding_module = self._checked_module(self.make_embedding_module(), "embedding_factory")
         weight_generator = self._checked_module(self.make_weight_generator(), "generator_factory")

@@ -1,0 +1,48 @@
+"""The flax linen backend of :func:`hypernn.hypernetize` (imports jax and flax).
+
+    >>> import jax.numpy as jnp, flax.linen as nn
+    >>> options = HypernetizeOptions(embedding_dim=2, num_embeddings=2, example_inputs=(jnp.ones((1, 3)),))
+    >>> hypernetize(nn.Dense(2), options=options).layout.num_params
+    8
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Optional, Sequence
+
+import flax.linen as nn
+
+from ...options import HypernetizeOptions
+from ...specs import ParamSpec
+from .decorate import decorate as decorate
+from .factories import MLPGenerator as MLPGenerator
+from .factories import default_embedding as default_embedding
+from .factories import default_generator as default_generator
+from .introspect import trace_structure
+from .module import HypernetizedLinen as HypernetizedLinen
+from .module import LinenHypernetwork as LinenHypernetwork
+from .module import Opaque, check_model, make_plan
+
+_USED = ("example_inputs", "init_kwargs", "variables")
+
+
+def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedLinen:
+    """Build a :class:`HypernetizedLinen` for ``model``; plan now if the structure is known."""
+    options.reject_unused("flax linen", used=_USED)
+    check_model(model)
+    hnet = HypernetizedLinen(target=Opaque(model), options=Opaque(options))
+    if options.example_inputs is not None or options.variables is not None:
+        hnet = hnet.clone(hypernn_plan=make_plan(model, options))
+        hnet._probe()
+    return hnet
+
+
+def param_specs(
+    model: nn.Module,
+    *,
+    example_inputs: Optional[Sequence[Any]] = None,
+    init_kwargs: Optional[Mapping[str, Any]] = None,
+    variables: Any = None,
+) -> List[ParamSpec]:
+    """Every variable of ``model`` (see :mod:`hypernn.specs`), traced as for hypernetize."""
+    return list(trace_structure(model, example_inputs=example_inputs, init_kwargs=init_kwargs, variables=variables).specs)

@@ -1,0 +1,379 @@
+"""The flax linen hypernetwork: a linen ``Module`` whose selected ``params`` are generated.
+
+Its variables: ``params`` holds ``embedding_module``, ``weight_generator`` and, under
+``target_network``, the unselected params of the model (in the model's own tree
+structure); every other collection of the model (``batch_stats``, ``cache``, ...) sits at
+the top level in exactly the model's structure, so it moves between the two unchanged.
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from hypernn import hypernetize
+    >>> hnet = hypernetize(nn.Dense(2), embedding_dim=3, num_embeddings=2)
+    >>> variables = hnet.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> sorted(variables["params"])
+    ['embedding_module', 'weight_generator']
+    >>> hnet.apply(variables, jnp.ones((5, 4))).shape
+    (5, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ...errors import GeneratorOutputError, OptionTypeError, ReservedArgumentError, UnsupportedModelError
+from ...layout import Layout, plan_layout
+from ...options import HypernetizeOptions
+from ...selection import Selection, select
+from ..jaxutil import check_chunks, check_generated_params, set_path, unflatten
+from . import factories
+from .introspect import Structure, trace_structure
+
+__all__ = ["RESERVED_KEYWORDS", "HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque"]
+
+RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
+
+
+class Opaque:
+    """Holds a value as a linen field without linen adopting it (modules) or comparing it
+    (arrays): hashed and compared by identity."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{type(self.value).__name__}(...)"
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenPlan:
+    """Everything computed once per model structure: selection, layout, collections."""
+
+    structure: Structure
+    selection: Selection
+    layout: Layout
+    #: ``(generated name, path inside params)``
+    slots: Tuple[Tuple[str, Tuple[str, ...]], ...]
+    #: paths inside params that stay ordinary (unselected) parameters
+    kept: Tuple[Tuple[str, ...], ...]
+
+
+def check_model(module: Any) -> None:
+    if not isinstance(module, nn.Module):
+        raise UnsupportedModelError(f"`model` must be a flax.linen.Module; got {type(module).__name__} ({module!r:.80}).")
+    try:
+        signature = inspect.signature(type(module).__call__)
+    except (TypeError, ValueError, AttributeError):
+        return
+    taken = [n for n, p in signature.parameters.items() if n in RESERVED_KEYWORDS and p.kind is not p.VAR_KEYWORD]
+    if taken:
+        raise ReservedArgumentError(
+            f"{type(module).__name__}.__call__ takes {taken}, which the hypernetwork's call reserves "
+            f"({', '.join(RESERVED_KEYWORDS)}); rename that argument of the model."
+        )
+
+
+def make_plan(module: nn.Module, options: HypernetizeOptions, args: Tuple = None, kwargs: Mapping = None) -> LinenPlan:
+    """Trace ``module``'s structure (from ``args``/``kwargs`` or the options) and plan it."""
+    example_inputs = options.example_inputs if args is None else args
+    init_kwargs = options.init_kwargs if kwargs is None else kwargs
+    if example_inputs is None and options.variables is None:
+        raise OptionTypeError(
+            f"a linen hypernetwork needs the variable structure of {type(module).__name__}: pass "
+            f"`example_inputs=(x, ...)` (and `init_kwargs=` such as `{{'train': False}}`) or `variables=` "
+            f"to hypernetize, or call `hnet.init(key, x, ...)` directly."
+        )
+    structure = trace_structure(module, example_inputs=example_inputs, init_kwargs=init_kwargs, variables=options.variables)
+    name = type(module).__name__
+    selection = select(structure.specs, targets=options.targets, exclude=options.exclude, model_name=name)
+    layout = plan_layout(selection.chosen, kind=options.layout, num_embeddings=options.num_embeddings,
+                         chunk_dim=options.chunk_dim)  # fmt: skip
+    paths = dict(structure.param_paths)
+    chosen = set(selection.names)
+    slots = tuple((n, paths[n]) for n in selection.names)
+    kept = tuple(path for n, path in structure.param_paths if n not in chosen)
+    stripped = Selection(tuple(s.without_value() for s in selection.chosen), name)
+    return LinenPlan(structure, stripped, layout, slots, kept)
+
+
+def _shape_key(tree: Any) -> Optional[Tuple]:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    key = [(tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else x for x in leaves]
+    try:
+        hash(tuple(key))
+    except TypeError:
+        return None
+    return (treedef, tuple(key))
+
+
+def _pick(tree: Mapping, path: Tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+class LinenHypernetwork(nn.Module):
+    """The linen hypernetwork's behaviour; subclasses say where the model and options are.
+
+    ``hypernn_plan`` is filled at hypernetize time when the structure is known, else at
+    the first ``init``/``apply`` from their arguments (the module is cloned with it).
+    """
+
+    hypernn_plan: Optional[LinenPlan] = dataclasses.field(default=None, kw_only=True)
+
+    # -- what subclasses provide
+    def hypernn_target(self) -> nn.Module:
+        raise NotImplementedError
+
+    def hypernn_options(self) -> HypernetizeOptions:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ planning
+
+    @property
+    def plan(self) -> LinenPlan:
+        if self.hypernn_plan is None:
+            raise OptionTypeError(
+                f"{type(self).__name__} does not know its model's variable structure yet: call `init`/`apply` "
+                f"on it directly, or pass `example_inputs=` or `variables=` to hypernetize (needed when it is a "
+                f"submodule of another linen module)."
+            )
+        return self.hypernn_plan
+
+    @property
+    def layout(self) -> Layout:
+        return self.plan.layout
+
+    @property
+    def selection(self) -> Selection:
+        return self.plan.selection
+
+    def _planned(self, args: Tuple, kwargs: Mapping) -> "LinenHypernetwork":
+        if self.hypernn_plan is not None:
+            return self
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_KEYWORDS}
+        cache = _PLANS.setdefault(id(type(self)), {})
+        key = _shape_key((self.hypernn_target(), args, call_kwargs))
+        plan = cache.get(key) if key is not None else None
+        if plan is None:
+            plan = make_plan(self.hypernn_target(), self.hypernn_options(), tuple(args), call_kwargs)
+            self.clone(hypernn_plan=plan)._probe()
+            if key is not None:
+                cache[key] = plan
+        return self.clone(hypernn_plan=plan)
+
+    def _probe(self) -> None:
+        """Trace the embedding and generator abstractly to check their output shape."""
+        try:
+            jax.eval_shape(lambda: self.init(jax.random.key(0), method="generate_params"))
+        except GeneratorOutputError:
+            raise
+        except Exception as err:
+            raise GeneratorOutputError(
+                f"running the embedding module and weight generator on arange({self.layout.num_chunks}) failed: "
+                f"{type(err).__name__}: {err}."
+            ) from err
+
+    def init(self, rngs: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
+        planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
+        return nn.Module.init(planned, rngs, *args, method=_method_name(method), **kwargs)
+
+    def init_with_output(self, rngs: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
+        planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
+        return nn.Module.init_with_output(planned, rngs, *args, method=_method_name(method), **kwargs)
+
+    def apply(self, variables: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
+        planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
+        return nn.Module.apply(planned, variables, *args, method=_method_name(method), **kwargs)
+
+    def _planned_for_method(self, args: Tuple, kwargs: Mapping) -> "LinenHypernetwork":
+        if self.hypernn_plan is None:
+            self.plan  # noqa: B018  (raises the explanatory error)
+        return self
+
+    # ------------------------------------------------------------ modules
+
+    def setup(self) -> None:
+        self.embedding_module = self.make_embedding_module()
+        self.weight_generator = self.make_weight_generator()
+
+    def make_embedding_module(self) -> nn.Module:
+        """Build the chunk embedding module; override in subclasses to customise."""
+        factory = factories.resolve(self.hypernn_options().embedding_factory) or factories.default_embedding
+        return _checked(factory(self.layout.num_chunks, self.hypernn_options().embedding_dim), "embedding_factory")
+
+    def make_weight_generator(self) -> nn.Module:
+        """Build the weight generator; override in subclasses to customise."""
+        factory = factories.resolve(self.hypernn_options().generator_factory) or factories.default_generator
+        return _checked(factory(self.hypernn_options().embedding_dim, self.layout.chunk_dim), "generator_factory")
+
+    # ------------------------------------------------------------ generating
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.layout.num_chunks
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.hypernn_options().embedding_dim
+
+    @property
+    def weight_chunk_dim(self) -> int:
+        return self.layout.chunk_dim
+
+    @property
+    def num_target_parameters(self) -> int:
+        return self.layout.num_params
+
+    def generate_params(self, **kwargs: Any) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+        """Generate the flat parameter vector: ``(flat, {"embedding": embedding})``."""
+        if kwargs:
+            raise OptionTypeError(
+                f"{type(self).__name__}.generate_params takes no arguments (a static hypernetwork); "
+                f"got `generate_params_kwargs` {sorted(kwargs)}."
+            )
+        embedding = self.embedding_module(jnp.arange(self.num_embeddings))
+        chunks = self.weight_generator(embedding)
+        check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.embedding_dim)
+        return chunks.reshape(-1), {"embedding": embedding}
+
+    def assert_parameter_shapes(self, generated_params: Any) -> None:
+        """Raise a clear error unless ``generated_params`` fits :attr:`layout`."""
+        check_generated_params(generated_params, self.layout)
+
+    # ------------------------------------------------------------ the target's variables
+
+    def _initial_variables(self, args: Tuple, kwargs: Mapping) -> Mapping:
+        """The model's own initial variables: the given tree, or a fresh ``init``."""
+        given = self.hypernn_options().variables
+        if given is not None:
+            return given
+        rngs = {name: self.make_rng(name) for name in self.scope.rngs}
+        return self.hypernn_target().init(rngs, *args, **kwargs)
+
+    def _kept_params(self, initial: Optional[Mapping]) -> Optional[Any]:
+        plan = self.plan
+        if not plan.kept:
+            return None
+
+        def init_kept() -> Dict[str, Any]:
+            tree: Dict[str, Any] = {}
+            for path in plan.kept:
+                set_path(tree, path, _pick(initial["params"], path))
+            return tree
+
+        return self.variable("params", "target_network", init_kept)
+
+    def _collections(self, initial: Optional[Mapping]) -> Dict[str, Dict[str, Any]]:
+        return {
+            collection: {key: self.variable(collection, key, lambda c=collection, k=key: initial[c][k]) for key in keys}
+            for collection, keys in self.plan.structure.collections
+        }
+
+    def _target_params(self, generated_params: jax.Array, kept: Any) -> Dict[str, Any]:
+        tensors = unflatten(generated_params, self.layout)
+        tree = _deep_copy_dicts(kept) if kept is not None else {}
+        for name, path in self.plan.slots:
+            set_path(tree, path, tensors[name])
+        return tree
+
+    def generated_variables(self, **generate_params_kwargs: Any) -> Dict[str, Any]:
+        """The ``params`` collection for the original module: generated and unselected leaves.
+
+        Use as ``hnet.apply(variables, method=hnet.generated_variables)``.
+        """
+        flat, _ = self.generate_params(**generate_params_kwargs)
+        kept = self.get_variable("params", "target_network")
+        return self._target_params(flat, kept)
+
+    # ------------------------------------------------------------ running
+
+    def target_forward(
+        self, *args: Any, generated_params: jax.Array, assert_parameter_shapes: bool = True, **kwargs: Any
+    ) -> Any:
+        """Apply the model with ``generated_params`` in place of the selected params."""
+        if assert_parameter_shapes:
+            self.assert_parameter_shapes(generated_params)
+        initial = self._initial_variables(args, kwargs) if self.is_initializing() else None
+        kept = self._kept_params(initial)
+        collections = self._collections(initial)
+        variables = {"params": self._target_params(generated_params, kept.value if kept is not None else None)}
+        variables.update({c: {k: v.value for k, v in keyed.items()} for c, keyed in collections.items()})
+        mutable = [c for c in collections if self.is_mutable_collection(c)]
+        rngs = {name: self.make_rng(name) for name in self.scope.rngs if name != "params"}
+        result = self.hypernn_target().apply(variables, *args, rngs=rngs, mutable=mutable or False, **kwargs)
+        if not mutable:
+            return result
+        output, updates = result
+        for collection, keyed in updates.items():
+            for key, value in keyed.items():
+                if collection in collections and key in collections[collection]:
+                    collections[collection][key].value = value
+                else:
+                    self.put_variable(collection, key, value)
+        return output
+
+    @nn.compact
+    def __call__(
+        self,
+        *args: Any,
+        generated_params: Optional[jax.Array] = None,
+        has_aux: bool = False,
+        assert_parameter_shapes: bool = True,
+        generate_params_kwargs: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Generate the weights (unless ``generated_params`` is given) and apply the model.
+
+        Returns the model's output, or ``(output, generated_params, aux)`` with
+        ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
+        """
+        aux: Dict[str, Any] = {}
+        if generated_params is None:
+            generated_params, aux = self.generate_params(**(generate_params_kwargs or {}))
+        output = self.target_forward(
+            *args, generated_params=generated_params, assert_parameter_shapes=assert_parameter_shapes, **kwargs
+        )
+        return (output, generated_params, aux) if has_aux else output
+
+
+_PLANS: Dict[int, Dict[Any, LinenPlan]] = {}
+
+
+def _method_name(method: Any) -> Any:
+    """Bound methods of an unplanned instance become names, so the planned clone runs them."""
+    return getattr(method, "__name__", method) if inspect.ismethod(method) else method
+
+
+def _deep_copy_dicts(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _deep_copy_dicts(v) for k, v in tree.items()}
+    return tree
+
+
+def _checked(module: Any, argument: str) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise OptionTypeError(f"`{argument}` must return a flax.linen.Module; it returned {type(module).__name__}.")
+    return module
+
+
+class HypernetizedLinen(LinenHypernetwork):
+    """A hypernetwork for a given linen module instance (what :func:`hypernetize` returns).
+
+    Attributes:
+        target: the model (held opaquely so linen does not adopt it as a submodule).
+        options: the validated :class:`~hypernn.options.HypernetizeOptions`.
+    """
+
+    target: Opaque = None
+    options: Opaque = None
+
+    def hypernn_target(self) -> nn.Module:
+        return self.target.value
+
+    def hypernn_options(self) -> HypernetizeOptions:
+        return self.options.value
