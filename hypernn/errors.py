@@ -11,6 +11,7 @@ expect, so both ``except HypernnError`` and ``except ValueError`` work::
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointMismatchError",
     "ConfigurationError",
     "GeneratedParamsError",
     "GeneratedParamsTypeError",
@@ -63,3 +64,10 @@ class GeneratedParamsTypeError(HypernnError, TypeError):
 
 class MissingDependencyError(HypernnError, ImportError):
     """A framework needed for this call is not installed."""
+
+
+class CheckpointMismatchError(HypernnError, RuntimeError):
+    """A checkpoint does not fit the hypernetwork (other model or selection); nothing was loaded.
+
+    A ``RuntimeError`` like torch's own ``load_state_dict`` errors.
+    """

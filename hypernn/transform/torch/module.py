@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from ...errors import (
     ReservedArgumentError,
     UnsupportedModelError,
 )
+from ...checkpoint import check_checkpoint, strip_wrapper_prefixes
 from ...layout import Layout, plan_layout
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
@@ -302,6 +303,22 @@ class HypernetizedModule(nn.Module):
             untrack_generated_weights(model.get_submodule(owner_name))
         refresh_derived_state(model, self._stateful_owners)
         return model
+
+    # ------------------------------------------------------------ checkpoints
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, checked first: a checkpoint of another model or
+        selection raises :class:`~hypernn.errors.CheckpointMismatchError` naming every
+        mismatch, and nothing is loaded. Keys saved from a ``torch.compile``d or
+        DDP-wrapped hypernetwork (``_orig_mod.``, ``module.`` prefixes) are accepted.
+        """
+        own = {name: tuple(t.shape) for name, t in self.state_dict().items()}
+        prefix = strip_wrapper_prefixes(list(state_dict), list(own))
+        if prefix:
+            state_dict = {name[len(prefix):]: value for name, value in state_dict.items()}
+        given = {name: tuple(getattr(v, "shape", ())) for name, v in state_dict.items()}
+        check_checkpoint(own, given, owner=f"{self.selection.model_name} hypernetwork", strict=strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------ niceties
 
