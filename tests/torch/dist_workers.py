@@ -1,0 +1,63 @@
+"""Worker functions for the distributed tests (imported by spawned processes)."""
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hypernn import hypernetize
+
+
+def build(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    return hypernetize(model, embedding_dim=4, num_embeddings=8, targets=["0"])
+
+
+def batch(rank: int, step: int):
+    generator = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(10, 6, generator=generator), torch.randn(10, 3, generator=generator)
+
+
+def train(module: nn.Module, rank: int, steps: int) -> None:
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for step in range(steps):
+        x, y = batch(rank, step)
+        optimizer.zero_grad()
+        (module(x) - y).pow(2).mean().backward()
+        optimizer.step()
+
+
+def _init(rank: int, world_size: int, store: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+
+
+def ddp_worker(rank: int, world_size: int, store: str, out: str, steps: int) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    _init(rank, world_size, store)
+    try:
+        hnet = build()
+        train(DistributedDataParallel(hnet), rank, steps)  # plain DDP: no find_unused_parameters
+        torch.save({k: v.detach().clone() for k, v in hnet.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp_worker(rank: int, world_size: int, store: str, out: str, steps: int) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    _init(rank, world_size, store)
+    try:
+        mesh = init_device_mesh("cpu", (world_size,))
+        hnet = build()
+        fully_shard(hnet.weight_generator, mesh=mesh)
+        fully_shard(hnet, mesh=mesh)
+        train(hnet, rank, steps)
+        full = {name: p.full_tensor().detach().clone() for name, p in hnet.named_parameters()}
+        torch.save(full, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,52 @@
+"""Two gloo processes on this machine (file store, no network): DDP and FSDP2 train a
+hypernetwork on different data per rank and end with identical parameters, equal to one
+process training on both ranks' data."""
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dist_workers
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 3
+
+
+def run(worker, tmp_path):
+    mp.spawn(worker, args=(2, str(tmp_path / "store"), str(tmp_path), STEPS), nprocs=2, join=True)
+    return [torch.load(os.path.join(tmp_path, f"rank{r}.pt")) for r in range(2)]
+
+
+def reference():
+    """One process fed both ranks' batches (the mean of their losses), as DDP averages."""
+    hnet = dist_workers.build()
+    optimizer = torch.optim.Adam(hnet.parameters(), lr=1e-2)
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        losses = [(hnet(x) - y).pow(2).mean() for x, y in (dist_workers.batch(r, step) for r in range(2))]
+        (sum(losses) / 2).backward()
+        optimizer.step()
+    return {name: p.detach() for name, p in hnet.named_parameters()}
+
+
+def test_ddp_ranks_end_bit_identical_and_match_one_process(tmp_path):
+    rank0, rank1 = run(dist_workers.ddp_worker, tmp_path)
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
+    expected = reference()
+    for name, value in expected.items():
+        torch.testing.assert_close(rank0[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fsdp2_ranks_end_identical_and_match_one_process(tmp_path):
+    rank0, rank1 = run(dist_workers.fsdp_worker, tmp_path)
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
+    expected = reference()
+    assert set(rank0) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(rank0[name], value, rtol=1e-5, atol=1e-6, msg=name)
