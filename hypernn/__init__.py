@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import conditioning as conditioning
 from . import errors as errors
 from .errors import (
+    CheckpointMismatchError as CheckpointMismatchError,
+    ConditionError as ConditionError,
+    ConditionTypeError as ConditionTypeError,
     ConfigurationError as ConfigurationError,
     GeneratedParamsError as GeneratedParamsError,
     GeneratedParamsTypeError as GeneratedParamsTypeError,
@@ -35,6 +39,7 @@ __version__ = "0.3.0.dev0"
 #: names served lazily from a backend, so ``import hypernn`` stays framework-free.
 _LAZY = {
     "HypernetizedModule": "torch",
+    "DynamicHypernetizedModule": "torch",
     "HypernetizedNNX": "nnx",
     "HypernetizedLinen": "linen",
 }
@@ -50,9 +55,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = sorted(
     [
-        "ConfigurationError", "GeneratedParamsError", "GeneratedParamsTypeError", "GeneratorOutputError",
+        "CheckpointMismatchError", "ConditionError", "ConditionTypeError", "ConfigurationError", "GeneratedParamsError", "GeneratedParamsTypeError", "GeneratorOutputError",
         "Hypernetize", "HypernetizeOptions", "HypernnError", "Layout", "MLPGeneratorSpec", "MissingDependencyError",
         "OptionTypeError", "ReservedArgumentError", "Selection", "SelectionError", "UnsupportedModelError",
-        "errors", "hypernetize", "mlp_generator", "plan_layout", "select", *_LAZY,
+        "conditioning", "errors", "hypernetize", "mlp_generator", "plan_layout", "select", *_LAZY,
     ]
 )  # fmt: skip

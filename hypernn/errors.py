@@ -12,6 +12,8 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointMismatchError",
+    "ConditionError",
+    "ConditionTypeError",
     "ConfigurationError",
     "GeneratedParamsError",
     "GeneratedParamsTypeError",
@@ -71,3 +73,11 @@ class CheckpointMismatchError(HypernnError, RuntimeError):
 
     A ``RuntimeError`` like torch's own ``load_state_dict`` errors.
     """
+
+
+class ConditionError(HypernnError, ValueError):
+    """A dynamic hypernetwork's condition (or the per-sample batch it implies) does not fit."""
+
+
+class ConditionTypeError(HypernnError, TypeError):
+    """A dynamic hypernetwork's condition has the wrong type or dtype."""

@@ -15,14 +15,20 @@ import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigurationError, OptionTypeError
+from .conditioning import CONDITIONING_SPECS
 from .factories import MLPGeneratorSpec
 from .layout import LAYOUTS
 from .selection import Selector, check_selector
 
-__all__ = ["BACKEND_SPECIFIC", "HypernetizeOptions", "check_positive_int"]
+__all__ = ["BACKEND_SPECIFIC", "DYNAMIC_OPTIONS", "HypernetizeOptions", "check_positive_int"]
 
 #: options only some backends use -> the models they are for
-BACKEND_SPECIFIC = {"example_inputs": "flax linen", "init_kwargs": "flax linen", "variables": "flax linen", "rngs": "flax NNX"}
+BACKEND_SPECIFIC = {
+    "example_inputs": "flax linen", "init_kwargs": "flax linen", "variables": "flax linen", "rngs": "flax NNX",
+    # dynamic hypernetworks: torch so far
+    "condition_dim": "torch", "num_conditions": "torch", "condition_factory": "torch", "condition_keyword": "torch",
+}  # fmt: skip
+DYNAMIC_OPTIONS = ("condition_dim", "num_conditions", "condition_factory", "condition_keyword")
 
 
 def check_positive_int(value: Any, argument: str, *, optional: bool = False) -> None:
@@ -64,6 +70,17 @@ class HypernetizeOptions:
         variables: flax linen only: an existing (e.g. pretrained) variable tree; gives the
             structure and the initial values of unselected params and other collections.
         rngs: flax NNX only: an ``nnx.Rngs`` for the hypernetwork's own modules.
+        condition_dim: makes a dynamic hypernetwork: weights are generated from a
+            condition vector of this width, per sample (see :mod:`hypernn.conditioning`).
+        num_conditions: makes a dynamic hypernetwork conditioned on integer ids
+            (``0..num_conditions-1``, e.g. task ids) through learned condition embeddings
+            (``condition_dim`` wide; default ``embedding_dim``).
+        condition_factory: how the condition enters: a spec from
+            :mod:`hypernn.conditioning` (default :func:`~hypernn.conditioning.film`) or
+            ``(condition_dim, num_embeddings, embedding_dim) -> module``.
+        condition_keyword: whether the hypernetwork's call takes ``condition=`` (default);
+            with ``False`` the condition goes only through
+            ``generate_params_kwargs={"condition": c}``, leaving ``condition`` to the model.
     """
 
     embedding_dim: int
@@ -79,6 +96,10 @@ class HypernetizeOptions:
     init_kwargs: Optional[Mapping[str, Any]] = None
     variables: Any = None
     rngs: Any = None
+    condition_dim: Optional[int] = None
+    num_conditions: Optional[int] = None
+    condition_factory: Any = None
+    condition_keyword: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int(self.embedding_dim, "embedding_dim")
@@ -104,12 +125,33 @@ class HypernetizeOptions:
             )
         if self.init_kwargs is not None and not isinstance(self.init_kwargs, Mapping):
             raise OptionTypeError(f"`init_kwargs` must be a dict of keyword arguments; got {type(self.init_kwargs).__name__}.")
+        self._check_dynamic()
+
+    def _check_dynamic(self) -> None:
+        check_positive_int(self.condition_dim, "condition_dim", optional=True)
+        check_positive_int(self.num_conditions, "num_conditions", optional=True)
+        if self.condition_factory is not None:
+            if not self.dynamic:
+                raise ConfigurationError("`condition_factory` needs `condition_dim=` or `num_conditions=` (a dynamic hypernetwork).")
+            if not callable(self.condition_factory) and not isinstance(self.condition_factory, CONDITIONING_SPECS):
+                raise OptionTypeError(
+                    f"`condition_factory` must be a spec from hypernn.conditioning (film(), concat(), recurrent()) or a "
+                    f"callable (condition_dim, num_embeddings, embedding_dim) -> module; got {self.condition_factory!r}."
+                )
+        if not isinstance(self.condition_keyword, bool):
+            raise OptionTypeError(f"`condition_keyword` must be a bool; got {self.condition_keyword!r}.")
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether these options make a dynamic (conditioned) hypernetwork."""
+        return self.condition_dim is not None or self.num_conditions is not None
 
     def reject_unused(self, backend: str, used: Tuple[str, ...] = ()) -> None:
         """Raise if a backend-specific option that ``backend`` does not use was given."""
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
         for name, owner in BACKEND_SPECIFIC.items():
-            if name not in used and getattr(self, name) is not None:
-                raise OptionTypeError(f"`{name}` is only used for {owner} models; remove it for a {backend} model.")
+            if name not in used and getattr(self, name) != defaults[name]:
+                raise OptionTypeError(f"`{name}` is only used for {owner} models so far; remove it for a {backend} model.")
 
     def as_kwargs(self) -> Dict[str, Any]:
         """The options as keyword arguments (values kept as they are, not copied)."""
@@ -121,3 +163,7 @@ class HypernetizeOptions:
         for name in BACKEND_SPECIFIC:
             del kwargs[name]
         return kwargs
+
+    def dynamic_kwargs(self) -> Dict[str, Any]:
+        """The options of dynamic hypernetworks (:data:`DYNAMIC_OPTIONS`)."""
+        return {name: getattr(self, name) for name in DYNAMIC_OPTIONS}

@@ -57,7 +57,7 @@ def test_transform_repr_shows_non_default_options():
 
 
 def test_every_error_subclasses_hypernn_error_and_a_builtin():
-    builtins = (ValueError, TypeError, ImportError)
+    builtins = (ValueError, TypeError, ImportError, RuntimeError)
     for name in errors.__all__:
         cls = getattr(errors, name)
         assert issubclass(cls, errors.HypernnError)

@@ -419,7 +419,7 @@ def test_compile_fullgraph_has_no_graph_break_and_matches_eager():
 
 
 def test_flax_only_options_are_refused_for_torch_models():
-    with pytest.raises(OptionTypeError, match=r"`example_inputs` is only used for flax linen models; remove it for a torch model"):
+    with pytest.raises(OptionTypeError, match=r"`example_inputs` is only used for flax linen models so far; remove it for a torch model"):
         hypernetize(mlp(), embedding_dim=2, num_embeddings=2, example_inputs=(torch.zeros(1, 4),))
     with pytest.raises(OptionTypeError, match=r"`rngs` is only used for flax NNX models"):
         hypernetize(embedding_dim=2, num_embeddings=2, rngs=0)(Scaled)

@@ -12,9 +12,10 @@ from typing import List
 
 from torch import nn
 
-from ...options import HypernetizeOptions
+from ...options import DYNAMIC_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
+from .dynamic import DynamicHypernetizedModule as DynamicHypernetizedModule
 from .factories import MLPGenerator as MLPGenerator
 from .factories import default_embedding as default_embedding
 from .factories import default_generator as default_generator
@@ -25,7 +26,9 @@ from .module import HypernetizedModule as HypernetizedModule
 
 def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedModule:
     """Build a :class:`HypernetizedModule` for ``model`` from validated ``options``."""
-    options.reject_unused("torch")
+    options.reject_unused("torch", used=DYNAMIC_OPTIONS)
+    if options.dynamic:
+        return DynamicHypernetizedModule(model, **options.common_kwargs(), **options.dynamic_kwargs())
     return HypernetizedModule(model, **options.common_kwargs())
 
 

@@ -23,7 +23,8 @@ from typing import Any, List, Tuple
 from torch import nn
 
 from ...errors import UnsupportedModelError
-from ...options import HypernetizeOptions
+from ...options import DYNAMIC_OPTIONS, HypernetizeOptions
+from .dynamic import DynamicHypernetizedModule
 from .module import HypernetizedModule
 
 __all__ = ["decorate"]
@@ -59,11 +60,15 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     for known, decorated in _CLASSES.get(cls, []):
         if known == options:
             return decorated
-    options.reject_unused("torch")
+    options.reject_unused("torch", used=DYNAMIC_OPTIONS)
     kwargs = {**options.common_kwargs(), "inplace": True}
+    base = HypernetizedModule
+    if options.dynamic:
+        base = DynamicHypernetizedModule
+        kwargs.update(options.dynamic_kwargs())
 
     def __init__(self, *args: Any, **init_kwargs: Any) -> None:
-        HypernetizedModule.__init__(self, cls(*args, **init_kwargs), **kwargs)
+        base.__init__(self, cls(*args, **init_kwargs), **kwargs)
 
     def __reduce_ex__(self, protocol: int) -> Any:
         return _rebuild, (cls, options), self.__getstate__()
@@ -71,7 +76,7 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     name, qualname = cls.__name__, cls.__qualname__
     namespace = {"__init__": __init__, "__reduce_ex__": __reduce_ex__, "__module__": cls.__module__,
                  "__qualname__": qualname, "__doc__": cls.__doc__, "__wrapped__": cls}  # fmt: skip
-    decorated = type(name, (HypernetizedModule,), namespace)
+    decorated = type(name, (base,), namespace)
     if not _bound_to_name(cls):  # decorator syntax: the name will point at `decorated`
         cls.__qualname__ = f"{qualname}.__wrapped__"
     _CLASSES.setdefault(cls, []).append((options, decorated))

@@ -43,15 +43,23 @@ RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "
 def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"`model` must be a torch.nn.Module; got {type(model).__name__} ({model!r:.80}).")
+
+
+def forward_arguments(model: nn.Module) -> Tuple[str, ...]:
+    """Names ``model.forward`` takes explicitly (not through ``**kwargs``)."""
     try:
         signature = inspect.signature(model.forward)
-    except (TypeError, ValueError):  # builtins without a signature reserve nothing
-        return
-    taken = [n for n, p in signature.parameters.items() if n in RESERVED_KEYWORDS and p.kind is not p.VAR_KEYWORD]
+    except (TypeError, ValueError):  # builtins without a signature take nothing by name
+        return ()
+    return tuple(n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def _check_reserved(model: nn.Module, reserved: Tuple[str, ...]) -> None:
+    taken = [n for n in forward_arguments(model) if n in reserved]
     if taken:
         raise ReservedArgumentError(
             f"{type(model).__name__}.forward takes {taken}, which the hypernetwork's forward reserves "
-            f"({', '.join(RESERVED_KEYWORDS)}); rename that argument of the model."
+            f"({', '.join(reserved)}); rename that argument of the model."
         )
 
 
@@ -120,31 +128,35 @@ class HypernetizedModule(nn.Module):
 
     def _build(self, model: nn.Module, options: HypernetizeOptions) -> None:
         _check_model(model)
+        self._check_forward_arguments(model, options)
         chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude,
                         model_name=type(model).__name__).chosen  # fmt: skip
         self.layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
                                   chunk_dim=options.chunk_dim)  # fmt: skip
         self.selection = Selection(tuple(s.without_value() for s in chosen), type(model).__name__)
-        self.embedding_dim = options.embedding_dim
+        self.embedding_dim = self.generator_input_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
         self._factories = (factories.resolve(options.embedding_factory) or factories.default_embedding,
                            factories.resolve(options.generator_factory) or factories.default_generator)  # fmt: skip
         reference = chosen[0].value
-        embedding_module = self._checked_module(self.make_embedding_module(), "embedding_factory")
-        weight_generator = self._checked_module(self.make_weight_generator(), "generator_factory")
-        embedding_module.to(device=reference.device, dtype=reference.dtype)
-        weight_generator.to(device=reference.device, dtype=reference.dtype)
-        index = torch.arange(self.num_embeddings, device=reference.device)
-        self._probe(embedding_module, weight_generator, index)
-        # Everything that can fail on user input has run: now change state.
+        placement = dict(device=reference.device, dtype=reference.dtype)
+        self.embedding_module = self._checked_module(self.make_embedding_module(), "embedding_factory").to(**placement)
+        self._build_extra_modules(options, placement)
+        self.weight_generator = self._checked_module(self.make_weight_generator(), "generator_factory").to(**placement)
+        self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=reference.device), persistent=False)
+        del self._factories  # may hold lambdas; not needed after construction
+        self._probe()
+        # Everything that can fail on user input has run: now the model (or its copy) changes.
         target = model if options.inplace else copy_without(model, chosen)
         self._stateful_owners = remove_parameters(target, [n for s in chosen for n in s.names])
-        self.embedding_module = embedding_module
-        self.weight_generator = weight_generator
         self.target_network = target
-        self.register_buffer("_embedding_index", index, persistent=False)
-        del self._factories  # may hold lambdas; not needed after construction
+
+    def _check_forward_arguments(self, model: nn.Module, options: HypernetizeOptions) -> None:
+        _check_reserved(model, RESERVED_KEYWORDS)
+
+    def _build_extra_modules(self, options: HypernetizeOptions, placement: Dict[str, Any]) -> None:
+        """Hook for subclasses: modules built between the embedding and the generator."""
 
     def make_embedding_module(self) -> nn.Module:
         """Build the chunk embedding module; override in subclasses to customise."""
@@ -152,7 +164,7 @@ class HypernetizedModule(nn.Module):
 
     def make_weight_generator(self) -> nn.Module:
         """Build the weight generator; override in subclasses to customise."""
-        return self._factories[1](self.embedding_dim, self.weight_chunk_dim)
+        return self._factories[1](self.generator_input_dim, self.weight_chunk_dim)
 
     @staticmethod
     def _checked_module(module: Any, argument: str) -> nn.Module:
@@ -160,26 +172,29 @@ class HypernetizedModule(nn.Module):
             raise OptionTypeError(f"`{argument}` must return a torch.nn.Module; it returned {type(module).__name__}.")
         return module
 
-    def _probe(self, embedding_module: nn.Module, weight_generator: nn.Module, index: torch.Tensor) -> None:
+    def _probe(self) -> None:
         """Run the new modules once (eval mode, no grad) to check their output shapes."""
-        with torch.no_grad(), _eval_mode(embedding_module, weight_generator):
+        with torch.no_grad(), _eval_mode(self):
             try:
-                chunks = weight_generator(embedding_module(index))
+                chunks, lead = self._probe_chunks()
             except Exception as err:
                 raise GeneratorOutputError(
                     f"running the embedding module and weight generator on arange({self.num_embeddings}) failed: "
                     f"{type(err).__name__}: {err}. The generator must map (num_embeddings, embedding_dim)="
-                    f"({self.num_embeddings}, {self.embedding_dim}) to ({self.num_embeddings}, {self.weight_chunk_dim})."
+                    f"({self.num_embeddings}, {self.generator_input_dim}) to ({self.num_embeddings}, {self.weight_chunk_dim})."
                 ) from err
-        self._check_chunks(chunks)
+        self._check_chunks(chunks, lead)
 
-    def _check_chunks(self, chunks: torch.Tensor) -> None:
-        expected = (self.num_embeddings, self.weight_chunk_dim)
+    def _probe_chunks(self) -> Tuple[torch.Tensor, Tuple[int, ...]]:
+        return self.weight_generator(self.embedding_module(self._embedding_index)), ()
+
+    def _check_chunks(self, chunks: torch.Tensor, lead: Tuple[int, ...] = ()) -> None:
+        expected = tuple(lead) + (self.num_embeddings, self.weight_chunk_dim)
         if not isinstance(chunks, torch.Tensor) or tuple(chunks.shape) != expected:
             given = tuple(chunks.shape) if isinstance(chunks, torch.Tensor) else type(chunks).__name__
             raise GeneratorOutputError(
                 f"the weight generator must output shape (num_embeddings, chunk_dim)={expected}; it gave {given}. "
-                f"Build it with `generator_factory(embedding_dim={self.embedding_dim}, chunk_dim={self.weight_chunk_dim})`."
+                f"Build it with `generator_factory(embedding_dim={self.generator_input_dim}, chunk_dim={self.weight_chunk_dim})`."
             )
 
     # ------------------------------------------------------------ generating
