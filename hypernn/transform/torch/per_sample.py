@@ -4,10 +4,11 @@ No Python loop over samples: every module that owns generated tensors gets, for 
 duration of the call, a batched forward: a batched-matmul / grouped-convolution /
 conditional-batch-norm / batched-recurrence implementation for common layers
 (:mod:`.per_sample_layers`, :mod:`.per_sample_rnn`), and ``torch.func.vmap`` over the
-module for anything else (its tensor arguments batched along dimension 0; independent
-dropout masks per sample). The forwards are restored in ``finally``; so is torch's
-multi-head-attention fast path, which is switched off during the call (it reads weights
-directly and cannot take per-sample ones).
+module for anything else (its tensor arguments batched along the sample dimension: 0, or
+1 inside a ``batch_first=False`` module; independent dropout masks per sample). The
+forwards are restored in ``finally``; so is torch's multi-head-attention fast path, which
+is switched off during the call (it reads weights directly and cannot take per-sample
+ones).
 
     >>> import torch
     >>> from torch import nn
@@ -125,10 +126,15 @@ def plan_owners(model: nn.Module, names: Sequence[str], aliases: Mapping[str, st
     return tuple(owners)
 
 
-def _batch_dims_dim0(module: nn.Module, args: Tuple, kwargs: Dict) -> Tuple[Tuple, Dict]:
-    """Default: every tensor argument is batched along dimension 0; outputs too."""
-    as_dim = lambda leaf: 0 if isinstance(leaf, torch.Tensor) else None  # noqa: E731
-    return tree_map(as_dim, (args, kwargs)), 0
+def _batch_dims_along(dim: int) -> Callable[..., Any]:
+    """Default: every tensor argument is batched along the owner's sample dimension
+    (0, or 1 inside a ``batch_first=False`` module); outputs too."""
+
+    def batch_dims(module: nn.Module, args: Tuple, kwargs: Dict) -> Tuple[Tuple, Any]:
+        as_dim = lambda leaf: dim if isinstance(leaf, torch.Tensor) else None  # noqa: E731
+        return tree_map(as_dim, (args, kwargs)), dim
+
+    return batch_dims
 
 
 #: module types whose fallback needs other batch dimensions than 0 (none so far)
@@ -139,9 +145,9 @@ class _Fallback:
     """``vmap`` over one module: sample ``i`` runs with weight set ``i`` on its own slice
     of the batch (``x[i:i+1]``: the batch dimension kept, of size 1)."""
 
-    def __init__(self, module: nn.Module, tensors: Dict[str, torch.Tensor], batch: int):
+    def __init__(self, module: nn.Module, tensors: Dict[str, torch.Tensor], batch: int, sample_dim: int = 0):
         self.module, self.tensors, self.batch = module, tensors, batch
-        self.batch_dims = BATCH_DIMS.get(type(module), _batch_dims_dim0)
+        self.batch_dims = BATCH_DIMS.get(type(module)) or _batch_dims_along(sample_dim)
         self.inside = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -209,7 +215,8 @@ class PerSampleRunner:
             for owner in self.owners:
                 module = model.get_submodule(owner.path)
                 own = {relative: tensors[generated] for relative, generated in owner.tensors}
-                module.forward = _native(module, own, owner.sample_dim) if owner.native else _Fallback(module, own, batch)
+                module.forward = (_native(module, own, owner.sample_dim) if owner.native
+                                  else _Fallback(module, own, batch, owner.sample_dim))  # fmt: skip
                 patched.append(module)
             return model(*args, **kwargs)
         finally:

@@ -72,7 +72,8 @@ def multihead_attention(
     average_attn_weights: bool = True,
     is_causal: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if module.bias_k is not None or module.add_zero_attn:
+    # ``bias_k``/``bias_v`` may be generated (then the module's own attribute is None)
+    if params.get("bias_k") is not None or params.get("bias_v") is not None or module.add_zero_attn:
         raise ConditionError("per-sample weights for nn.MultiheadAttention with add_bias_kv or add_zero_attn are not supported.")
     if query.dim() != 3:
         raise ConditionError(f"per-sample weights for nn.MultiheadAttention need batched 3-D inputs; got {tuple(query.shape)}.")

@@ -31,11 +31,13 @@ __all__ = ["LAYERS", "batch_norm", "conv", "embedding", "group_norm", "layer_nor
 Params = Dict[str, Any]
 
 
-def _batched_like(value: torch.Tensor, batch: int, ndim: int, channel_dim: int = -1) -> torch.Tensor:
-    """View a per-sample ``(B, C)`` (or shared ``(C,)``) vector to broadcast over ``ndim`` dims."""
+def _batched_like(value: torch.Tensor, x: torch.Tensor, ndim: int, where: str, channel_dim: int = -1) -> torch.Tensor:
+    """View a per-sample ``(B, C)`` (or shared ``(C,)``) vector to broadcast over ``ndim`` dims
+    (checking that the input ``x`` has ``B`` samples)."""
     shape = [1] * ndim
     if value.dim() == 2:
-        shape[0] = batch
+        check_batch(x, value.shape[0], where)
+        shape[0] = value.shape[0]
     shape[channel_dim] = value.shape[-1]
     return value.reshape(shape)
 
@@ -63,7 +65,7 @@ def linear(module: nn.Linear, params: Params, batched: Set[str], x: torch.Tensor
             return out
         out = torch.bmm(flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], -1)
     if bias is not None:
-        out = out + (_batched_like(bias, out.shape[0], out.dim()) if "bias" in batched else bias)
+        out = out + (_batched_like(bias, x, out.dim(), "nn.Linear") if "bias" in batched else bias)
     return out
 
 
@@ -89,7 +91,7 @@ def conv(module: nn.Module, params: Params, batched: Set[str], x: torch.Tensor) 
         out = function(merged, kernels, None, module.stride, padding, module.dilation, module.groups * batch)
         out = out.reshape(batch, weight.shape[1], *out.shape[2:])
     if bias is not None:
-        out = out + _batched_like(bias, out.shape[0], out.dim(), channel_dim=1)
+        out = out + _batched_like(bias, x, out.dim(), type(module).__name__, channel_dim=1)
     return out
 
 
@@ -115,7 +117,7 @@ def batch_norm(module: nn.modules.batchnorm._BatchNorm, params: Params, batched:
     for name, combine in (("weight", torch.mul), ("bias", torch.add)):
         value = params.get(name)
         if value is not None:
-            normalized = combine(normalized, _batched_like(value, x.shape[0], x.dim(), channel_dim=1))
+            normalized = combine(normalized, _batched_like(value, x, x.dim(), type(module).__name__, channel_dim=1))
     return normalized
 
 
@@ -140,7 +142,7 @@ def group_norm(module: nn.GroupNorm, params: Params, batched: Set[str], x: torch
     for name, combine in (("weight", torch.mul), ("bias", torch.add)):
         value = params.get(name)
         if value is not None:
-            out = combine(out, _batched_like(value, x.shape[0], x.dim(), channel_dim=1))
+            out = combine(out, _batched_like(value, x, x.dim(), "nn.GroupNorm", channel_dim=1))
     return out
 
 
