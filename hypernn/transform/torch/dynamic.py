@@ -123,11 +123,20 @@ class DynamicHypernetizedModule(HypernetizedModule):
             )
         return condition
 
+    def _condition_arguments(self) -> frozenset:
+        """Extra keywords the conditioning module takes (read once per module object)."""
+        module = self.condition_module
+        cached = self.__dict__.get("_condition_arguments_cache")
+        if cached is None or cached[0] is not module:
+            cached = (module, frozenset(forward_arguments(module)) - {"embedding", "condition"})
+            self.__dict__["_condition_arguments_cache"] = cached
+        return cached[1]
+
     def generate_params(self, condition: Any = None, **kwargs: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Generate ``(flat, aux)``: ``flat`` is ``(generated_size,)`` for one condition or
         ``(B, generated_size)`` for a batch; ``aux`` holds the conditioned ``"embedding"`` and
         whatever the conditioning module adds (e.g. ``"hidden_state"``)."""
-        accepted = set(forward_arguments(self.condition_module)) - {"embedding", "condition"}
+        accepted = self._condition_arguments()
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
             raise OptionTypeError(

@@ -88,8 +88,10 @@ def conv(module: nn.Module, params: Params, batched: Set[str], x: torch.Tensor) 
         check_batch(x, batch, type(module).__name__)
         merged = x.reshape(1, batch * x.shape[1], *x.shape[2:])
         kernels = weight.reshape(batch * weight.shape[1], *weight.shape[2:])
-        out = function(merged, kernels, None, module.stride, padding, module.dilation, module.groups * batch)
-        out = out.reshape(batch, weight.shape[1], *out.shape[2:])
+        # the bias goes into the grouped convolution too: one (B * C_out,) vector
+        merged_bias = None if bias is None else (bias.reshape(-1) if bias.dim() == 2 else bias.repeat(batch))
+        out = function(merged, kernels, merged_bias, module.stride, padding, module.dilation, module.groups * batch)
+        return out.reshape(batch, weight.shape[1], *out.shape[2:])
     if bias is not None:
         out = out + _batched_like(bias, x, out.dim(), type(module).__name__, channel_dim=1)
     return out
