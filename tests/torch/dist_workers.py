@@ -9,23 +9,32 @@ from torch import nn
 from hypernn import hypernetize
 
 
-def build(seed: int = 0) -> nn.Module:
+def build(dynamic: bool = False, seed: int = 0) -> nn.Module:
+    """A static hypernetwork of the first layer, or a dynamic one of the whole MLP."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    if dynamic:
+        return hypernetize(model, embedding_dim=4, num_embeddings=8, condition_dim=2)
     return hypernetize(model, embedding_dim=4, num_embeddings=8, targets=["0"])
 
 
 def batch(rank: int, step: int):
     generator = torch.Generator().manual_seed(1000 * rank + step)
-    return torch.randn(10, 6, generator=generator), torch.randn(10, 3, generator=generator)
+    x, y, c = torch.randn(10, 6, generator=generator), torch.randn(10, 3, generator=generator), torch.randn(10, 2, generator=generator)
+    return x, y, c
 
 
-def train(module: nn.Module, rank: int, steps: int) -> None:
+def loss(module: nn.Module, dynamic: bool, rank: int, step: int) -> torch.Tensor:
+    x, y, c = batch(rank, step)
+    out = module(x, condition=c) if dynamic else module(x)
+    return (out - y).pow(2).mean()
+
+
+def train(module: nn.Module, dynamic: bool, rank: int, steps: int) -> None:
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
     for step in range(steps):
-        x, y = batch(rank, step)
         optimizer.zero_grad()
-        (module(x) - y).pow(2).mean().backward()
+        loss(module, dynamic, rank, step).backward()
         optimizer.step()
 
 
@@ -34,29 +43,29 @@ def _init(rank: int, world_size: int, store: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
 
 
-def ddp_worker(rank: int, world_size: int, store: str, out: str, steps: int) -> None:
+def ddp_worker(rank: int, world_size: int, store: str, out: str, steps: int, dynamic: bool) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     _init(rank, world_size, store)
     try:
-        hnet = build()
-        train(DistributedDataParallel(hnet), rank, steps)  # plain DDP: no find_unused_parameters
+        hnet = build(dynamic)
+        train(DistributedDataParallel(hnet), dynamic, rank, steps)  # plain DDP: no find_unused_parameters
         torch.save({k: v.detach().clone() for k, v in hnet.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def fsdp_worker(rank: int, world_size: int, store: str, out: str, steps: int) -> None:
+def fsdp_worker(rank: int, world_size: int, store: str, out: str, steps: int, dynamic: bool) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     _init(rank, world_size, store)
     try:
         mesh = init_device_mesh("cpu", (world_size,))
-        hnet = build()
+        hnet = build(dynamic)
         fully_shard(hnet.weight_generator, mesh=mesh)
         fully_shard(hnet, mesh=mesh)
-        train(hnet, rank, steps)
+        train(hnet, dynamic, rank, steps)
         full = {name: p.full_tensor().detach().clone() for name, p in hnet.named_parameters()}
         torch.save(full, os.path.join(out, f"rank{rank}.pt"))
     finally:
