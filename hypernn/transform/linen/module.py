@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import weakref
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -156,7 +157,8 @@ class LinenHypernetwork(nn.Module):
         if self.hypernn_plan is not None:
             return self
         call_kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_KEYWORDS}
-        cache = _PLANS.setdefault(id(type(self)), {})
+        # one cache per options object (it lives as long as the hypernetwork or its class)
+        cache = _plan_cache(self.hypernn_options())
         key = _shape_key((self.hypernn_target(), args, call_kwargs))
         plan = cache.get(key) if key is not None else None
         if plan is None:
@@ -341,7 +343,16 @@ class LinenHypernetwork(nn.Module):
         return (output, generated_params, aux) if has_aux else output
 
 
+#: id(options) -> {model and argument shapes: plan}; an entry lives as long as its options
 _PLANS: Dict[int, Dict[Any, LinenPlan]] = {}
+
+
+def _plan_cache(options: HypernetizeOptions) -> Dict[Any, LinenPlan]:
+    key = id(options)
+    if key not in _PLANS:
+        _PLANS[key] = {}
+        weakref.finalize(options, _PLANS.pop, key, None)
+    return _PLANS[key]
 
 
 def _method_name(method: Any) -> Any:

@@ -1,0 +1,31 @@
+"""Lazily planned linen hypernetworks: each keeps its own plan (options differ, model equal)."""
+
+import gc
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hypernn import hypernetize
+from hypernn.transform.linen import module as linen_module
+
+
+def test_equal_models_with_other_options_get_their_own_plans():
+    x = jnp.ones((1, 5))
+    first = hypernetize(nn.Dense(3), embedding_dim=4, num_embeddings=2)
+    first.init(jax.random.key(0), x)
+    second = hypernetize(nn.Dense(3), embedding_dim=4, num_embeddings=3)
+    assert second.init(jax.random.key(0), x)["params"]["weight_generator"]["kernel"].shape == (4, 6)
+    kernel_only = hypernetize(nn.Dense(3), embedding_dim=4, num_embeddings=2, targets=["kernel"])
+    variables = kernel_only.init(jax.random.key(0), x)
+    assert variables["params"]["target_network"]["bias"].shape == (3,)  # the bias stayed a parameter
+
+
+def test_plans_are_dropped_with_their_hypernetwork():
+    before = len(linen_module._PLANS)
+    hnet = hypernetize(nn.Dense(3), embedding_dim=4, num_embeddings=2)
+    hnet.init(jax.random.key(0), jnp.ones((1, 5)))
+    assert len(linen_module._PLANS) == before + 1
+    del hnet
+    gc.collect()
+    assert len(linen_module._PLANS) == before
