@@ -82,12 +82,13 @@ def _unwrap_values(given: Dict[str, Any], expected: Mapping[str, Any]) -> Dict[s
 
 
 def _is_saved_slot(name: str, leaf: Any, slots: Set[str], expected: Mapping[str, Any]) -> bool:
-    """An empty array where this module has a slot or a non-empty variable: a generated
-    slot's placeholder. Dropped, so the names of a checkpoint made with another selection
-    read as missing, and slots may be saved or left out."""
-    if int(np.prod(_shape(leaf))) != 0:
+    """A generated slot's placeholder (a scalar, or an empty array) where this module has a
+    slot or a non-scalar variable. Dropped, so the names of a checkpoint made with another
+    selection read as missing, and slots may be saved or left out."""
+    shape = _shape(leaf)
+    if shape != () and int(np.prod(shape)) != 0:
         return False
-    return name in slots or (name in expected and int(np.prod(_shape(expected[name]))) != 0)
+    return name in slots or (name in expected and _shape(expected[name]) not in ((), shape))
 
 
 def _restore_nnx(state: Any, checkpoint: Any, owner: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
 
+import jax
 from flax import nnx
 
 from ...specs import ParamSpec
@@ -20,7 +21,8 @@ Path = Tuple[Any, ...]
 
 
 class GeneratedSlot(nnx.Variable):
-    """Stands where a generated parameter was; holds an empty array between calls.
+    """Stands where a generated parameter was; holds a zero scalar between calls (not an
+    empty array: checkpointers such as orbax refuse zero-size arrays).
 
     Not an ``nnx.Param``, so optimizers and ``nnx.state(hnet, nnx.Param)`` skip it.
     """
@@ -65,7 +67,7 @@ def param_specs(model: nnx.Module) -> List[ParamSpec]:
                 name=dotted(variable_paths[0]),
                 aliases=tuple(dotted(p) for p in variable_paths[1:]),
                 shape=tuple(value.shape),
-                dtype=dtype_name(value.dtype),
+                dtype=_dtype_name(value.dtype),
                 module_chains=tuple(_chain(p, module_types) for p in variable_paths),
                 is_floating=is_floating(value.dtype),
                 kind="parameter" if isinstance(variable, nnx.Param) else "buffer",
@@ -73,6 +75,11 @@ def param_specs(model: nnx.Module) -> List[ParamSpec]:
             )
         )
     return specs
+
+
+def _dtype_name(dtype: Any) -> str:
+    # typed PRNG keys (``nnx.Rngs`` state, e.g. in ``nnx.RNN`` or ``nnx.Dropout``) have no numpy dtype
+    return str(dtype) if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) else dtype_name(dtype)
 
 
 def _owner_and_key(model: nnx.Module, path: Path) -> Tuple[Any, Any]:
@@ -99,7 +106,7 @@ def replace_with_slots(model: nnx.Module, specs: Sequence[ParamSpec]) -> None:
 def _empty_like(value: Any) -> Any:
     import jax.numpy as jnp
 
-    return jnp.zeros((0,), dtype=value.dtype)
+    return jnp.zeros((), dtype=value.dtype)
 
 
 def slot_paths(model: nnx.Module) -> Tuple[Tuple[Path, str], ...]:

@@ -31,6 +31,11 @@ __all__ = ["RESERVED_KEYWORDS", "HypernetizedNNX"]
 
 RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
 
+# flax >= 0.11 ``nnx.merge`` reuses the state's Variable objects unless ``copy=True``
+# (older versions always build new ones): ask for copies, so that merged models never
+# share Variables with the user's model or with ``target_network``.
+_MERGE_COPY = {"copy": True} if "copy" in inspect.signature(nnx.merge).parameters else {}
+
 
 def _check_model(model: Any, rngs: Any) -> None:
     if not isinstance(model, nnx.Module):
@@ -105,7 +110,7 @@ class HypernetizedNNX(nnx.Module):
         del self._factories
         self._probe(embedding_module, weight_generator)
         # Everything that can fail on user input has run: now change state.
-        target = model if options.inplace else nnx.merge(*nnx.split(model))
+        target = model if options.inplace else nnx.merge(*nnx.split(model), **_MERGE_COPY)
         replace_with_slots(target, chosen)
         self.embedding_module = embedding_module
         self.weight_generator = weight_generator
@@ -172,7 +177,7 @@ class HypernetizedNNX(nnx.Module):
         flat = dict(nnx.to_flat_state(state))
         for path, name in self._slot_paths:
             flat[path] = slot_type(tensors[name])
-        return nnx.merge(graphdef, nnx.from_flat_state(flat))
+        return nnx.merge(graphdef, nnx.from_flat_state(flat), **_MERGE_COPY)
 
     def generated_state(self, **generate_params_kwargs: Any) -> nnx.State:
         """The original model's ``nnx.Param`` state (same paths), generated and unselected."""
