@@ -29,3 +29,14 @@ def test_plans_are_dropped_with_their_hypernetwork():
     del hnet
     gc.collect()
     assert len(linen_module._PLANS) == before
+
+
+def test_a_lazily_planned_hypernetwork_reports_its_plan_after_init():
+    x = jnp.ones((2, 5))
+    hnet = hypernetize(nn.Dense(3), embedding_dim=4, num_embeddings=2)
+    variables = hnet.init(jax.random.key(0), x)
+    assert hnet.layout.num_params == 18 and hnet.selection.names == ("bias", "kernel")
+    generated = hnet.apply(variables, method=hnet.generated_variables)
+    assert generated["kernel"].shape == (5, 3)
+    expected = nn.Dense(3).apply({"params": generated}, x)
+    assert jnp.allclose(hnet.apply(variables, x), expected)

@@ -12,6 +12,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import flax.linen as nn
 
+from ...errors import OptionTypeError
 from ...options import HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
@@ -45,4 +46,9 @@ def param_specs(
     variables: Any = None,
 ) -> List[ParamSpec]:
     """Every variable of ``model`` (see :mod:`hypernn.specs`), traced as for hypernetize."""
+    if example_inputs is None and variables is None:
+        raise OptionTypeError(
+            f"selecting from a flax linen module needs its variable structure: pass `example_inputs=(x, ...)` "
+            f"(and `init_kwargs=` such as `{{'train': False}}`) or `variables=` to select({type(model).__name__}(), ...)."
+        )
     return list(trace_structure(model, example_inputs=example_inputs, init_kwargs=init_kwargs, variables=variables).specs)

@@ -26,7 +26,7 @@ import flax.linen as nn
 
 from ...errors import UnsupportedModelError
 from ...options import HypernetizeOptions
-from .module import LinenHypernetwork
+from .module import LinenHypernetwork, check_call_signature
 
 __all__ = ["decorate"]
 
@@ -50,6 +50,7 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     """A linen hypernetwork class with ``cls``'s fields that generates ``cls``'s params."""
     if issubclass(cls, LinenHypernetwork):
         raise UnsupportedModelError(f"{cls.__name__} is already a hypernetwork class; decorate the model class itself.")
+    check_call_signature(cls)
     options.reject_unused("flax linen", used=("example_inputs", "init_kwargs", "variables"))
     names = [f.name for f in dataclasses.fields(cls) if f.name not in _LINEN_FIELDS]
 

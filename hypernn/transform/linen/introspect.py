@@ -63,8 +63,10 @@ def _module_types(module: nn.Module, args: Sequence[Any], kwargs: Mapping[str, A
 
 
 def _chain(path: Path, module_types: Dict[Path, type]):
+    """The modules above a leaf: every prefix of its path (so names select even when only
+    ``variables`` gave the structure); a class that was not traced is ``object``."""
     prefixes = [tuple(path[:i]) for i in range(len(path))]
-    return tuple((dotted(prefix), module_types[prefix]) for prefix in prefixes if prefix in module_types)
+    return tuple((dotted(prefix), module_types.get(prefix, object)) for prefix in prefixes)
 
 
 def _leaves(tree: Any) -> List[Tuple[Path, Any]]:

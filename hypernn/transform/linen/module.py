@@ -25,6 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core.scope import is_filter_empty, subtract_filters
 
 from ...errors import GeneratorOutputError, OptionTypeError, ReservedArgumentError, UnsupportedModelError
 from ...layout import Layout, plan_layout
@@ -37,6 +38,8 @@ from .introspect import Structure, trace_structure
 __all__ = ["RESERVED_KEYWORDS", "HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque"]
 
 RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
+#: keywords of flax's own ``init``/``apply`` (not the model's): never part of a lazy trace
+_FLAX_KEYWORDS = ("rngs", "mutable", "capture_intermediates")
 
 
 class Opaque:
@@ -66,14 +69,19 @@ class LinenPlan:
 def check_model(module: Any) -> None:
     if not isinstance(module, nn.Module):
         raise UnsupportedModelError(f"`model` must be a flax.linen.Module; got {type(module).__name__} ({module!r:.80}).")
+    check_call_signature(type(module))
+
+
+def check_call_signature(cls: type) -> None:
+    """Raise :class:`ReservedArgumentError` if ``cls.__call__`` takes a reserved keyword."""
     try:
-        signature = inspect.signature(type(module).__call__)
+        signature = inspect.signature(cls.__call__)
     except (TypeError, ValueError, AttributeError):
         return
     taken = [n for n, p in signature.parameters.items() if n in RESERVED_KEYWORDS and p.kind is not p.VAR_KEYWORD]
     if taken:
         raise ReservedArgumentError(
-            f"{type(module).__name__}.__call__ takes {taken}, which the hypernetwork's call reserves "
+            f"{cls.__name__}.__call__ takes {taken}, which the hypernetwork's call reserves "
             f"({', '.join(RESERVED_KEYWORDS)}); rename that argument of the model."
         )
 
@@ -137,13 +145,22 @@ class LinenHypernetwork(nn.Module):
 
     @property
     def plan(self) -> LinenPlan:
-        if self.hypernn_plan is None:
+        """The plan: given at hypernetize time, or traced by the first ``init``/``apply``."""
+        if self.hypernn_plan is not None:
+            return self.hypernn_plan
+        traced = list(_plan_cache(self.hypernn_options()).values())
+        if len(traced) == 1:
+            return traced[0]
+        if not traced:
             raise OptionTypeError(
                 f"{type(self).__name__} does not know its model's variable structure yet: call `init`/`apply` "
                 f"on it directly, or pass `example_inputs=` or `variables=` to hypernetize (needed when it is a "
                 f"submodule of another linen module)."
             )
-        return self.hypernn_plan
+        raise OptionTypeError(
+            f"{type(self).__name__} was traced with {len(traced)} different input structures, so it has as many "
+            f"plans; pass `example_inputs=` to hypernetize to fix one."
+        )
 
     @property
     def layout(self) -> Layout:
@@ -156,7 +173,7 @@ class LinenHypernetwork(nn.Module):
     def _planned(self, args: Tuple, kwargs: Mapping) -> "LinenHypernetwork":
         if self.hypernn_plan is not None:
             return self
-        call_kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_KEYWORDS}
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_KEYWORDS + _FLAX_KEYWORDS}
         # one cache per options object (it lives as long as the hypernetwork or its class)
         cache = _plan_cache(self.hypernn_options())
         key = _shape_key((self.hypernn_target(), args, call_kwargs))
@@ -172,7 +189,7 @@ class LinenHypernetwork(nn.Module):
         """Trace the embedding and generator abstractly to check their output shape."""
         try:
             jax.eval_shape(lambda: self.init(jax.random.key(0), method="generate_params"))
-        except GeneratorOutputError:
+        except (GeneratorOutputError, OptionTypeError):  # already clear (a factory returned no module)
             raise
         except Exception as err:
             raise GeneratorOutputError(
@@ -193,9 +210,7 @@ class LinenHypernetwork(nn.Module):
         return nn.Module.apply(planned, variables, *args, method=_method_name(method), **kwargs)
 
     def _planned_for_method(self, args: Tuple, kwargs: Mapping) -> "LinenHypernetwork":
-        if self.hypernn_plan is None:
-            self.plan  # noqa: B018  (raises the explanatory error)
-        return self
+        return self if self.hypernn_plan is not None else self.clone(hypernn_plan=self.plan)
 
     # ------------------------------------------------------------ modules
 
@@ -305,9 +320,12 @@ class LinenHypernetwork(nn.Module):
         collections = self._collections(initial)
         variables = {"params": self._target_params(generated_params, kept.value if kept is not None else None)}
         variables.update({c: {k: v.value for k, v in keyed.items()} for c, keyed in collections.items()})
-        mutable = [c for c in collections if self.is_mutable_collection(c)]
+        # Every collection the caller made mutable but params (whose leaves are given): also
+        # those the model only creates while running (sown ``intermediates``, a ``cache``).
+        mutable = subtract_filters(self.scope.mutable, "params")
+        mutable = False if is_filter_empty(mutable) else mutable
         rngs = {name: self.make_rng(name) for name in self.scope.rngs if name != "params"}
-        result = self.hypernn_target().apply(variables, *args, rngs=rngs, mutable=mutable or False, **kwargs)
+        result = self.hypernn_target().apply(variables, *args, rngs=rngs, mutable=mutable, **kwargs)
         if not mutable:
             return result
         output, updates = result
