@@ -1,6 +1,7 @@
 """Worker functions for the distributed tests (imported by spawned processes)."""
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,18 @@ def train(module: nn.Module, dynamic: bool, rank: int, steps: int) -> None:
         optimizer.step()
 
 
+def _exit_now() -> None:
+    """Leave the worker without interpreter finalisation.
+
+    gloo's worker threads can still hold work objects whose tensors reference Python
+    objects; destroying them during finalisation aborts the process now and then
+    ("terminate called without an active exception"). The results are on disk already.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _init(rank: int, world_size: int, store: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
@@ -51,8 +64,10 @@ def ddp_worker(rank: int, world_size: int, store: str, out: str, steps: int, dyn
         hnet = build(dynamic)
         train(DistributedDataParallel(hnet), dynamic, rank, steps)  # plain DDP: no find_unused_parameters
         torch.save({k: v.detach().clone() for k, v in hnet.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    _exit_now()
 
 
 def fsdp_worker(rank: int, world_size: int, store: str, out: str, steps: int, dynamic: bool) -> None:
@@ -68,5 +83,7 @@ def fsdp_worker(rank: int, world_size: int, store: str, out: str, steps: int, dy
         train(hnet, dynamic, rank, steps)
         full = {name: p.full_tensor().detach().clone() for name, p in hnet.named_parameters()}
         torch.save(full, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    _exit_now()
