@@ -324,7 +324,7 @@ def test_forward_arguments_that_collide_with_the_hypernetwork_are_refused():
         def forward(self, x, has_aux=False):
             return self.fc(x)
 
-    with pytest.raises(ReservedArgumentError, match=r"Clash\.forward takes \['has_aux'\], which the hypernetwork's forward reserves"):
+    with pytest.raises(ReservedArgumentError, match=r"Clash\.forward takes \['has_aux'\], which the hypernetwork's call reserves"):
         hypernetize(Clash(), embedding_dim=2, num_embeddings=2)
 
 

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax.core.scope import is_filter_empty, subtract_filters
 
-from ...errors import GeneratorOutputError, OptionTypeError, ReservedArgumentError, UnsupportedModelError
+from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
+from ...errors import GeneratorOutputError, OptionTypeError, UnsupportedModelError
 from ...layout import Layout, plan_layout
 from ...options import HypernetizeOptions
 from ...selection import Selection, select
@@ -35,9 +36,8 @@ from ..jaxutil import check_chunks, check_generated_params, set_path, unflatten
 from . import factories
 from .introspect import Structure, trace_structure
 
-__all__ = ["RESERVED_KEYWORDS", "HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque"]
+__all__ = ["HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque"]
 
-RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
 #: keywords of flax's own ``init``/``apply`` (not the model's): never part of a lazy trace
 _FLAX_KEYWORDS = ("rngs", "mutable", "capture_intermediates")
 
@@ -74,16 +74,7 @@ def check_model(module: Any) -> None:
 
 def check_call_signature(cls: type) -> None:
     """Raise :class:`ReservedArgumentError` if ``cls.__call__`` takes a reserved keyword."""
-    try:
-        signature = inspect.signature(cls.__call__)
-    except (TypeError, ValueError, AttributeError):
-        return
-    taken = [n for n, p in signature.parameters.items() if n in RESERVED_KEYWORDS and p.kind is not p.VAR_KEYWORD]
-    if taken:
-        raise ReservedArgumentError(
-            f"{cls.__name__}.__call__ takes {taken}, which the hypernetwork's call reserves "
-            f"({', '.join(RESERVED_KEYWORDS)}); rename that argument of the model."
-        )
+    check_reserved(cls.__call__, f"{cls.__name__}.__call__")
 
 
 def make_plan(module: nn.Module, options: HypernetizeOptions, args: Tuple = None, kwargs: Mapping = None) -> LinenPlan:
@@ -248,11 +239,7 @@ class LinenHypernetwork(nn.Module):
 
     def generate_params(self, **kwargs: Any) -> Tuple[jax.Array, Dict[str, jax.Array]]:
         """Generate the flat parameter vector: ``(flat, {"embedding": embedding})``."""
-        if kwargs:
-            raise OptionTypeError(
-                f"{type(self).__name__}.generate_params takes no arguments (a static hypernetwork); "
-                f"got `generate_params_kwargs` {sorted(kwargs)}."
-            )
+        reject_generate_kwargs(type(self).__name__, kwargs)
         embedding = self.embedding_module(jnp.arange(self.num_embeddings))
         chunks = self.weight_generator(embedding)
         check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.embedding_dim)
@@ -352,13 +339,9 @@ class LinenHypernetwork(nn.Module):
         Returns the model's output, or ``(output, generated_params, aux)`` with
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
-        aux: Dict[str, Any] = {}
-        if generated_params is None:
-            generated_params, aux = self.generate_params(**(generate_params_kwargs or {}))
-        output = self.target_forward(
-            *args, generated_params=generated_params, assert_parameter_shapes=assert_parameter_shapes, **kwargs
-        )
-        return (output, generated_params, aux) if has_aux else output
+        return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
+                                 assert_parameter_shapes=assert_parameter_shapes,
+                                 generate_params_kwargs=generate_params_kwargs)  # fmt: skip
 
 
 #: id(options) -> {model and argument shapes: plan}; an entry lives as long as its options

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flax import nnx
 
 from ...errors import OptionTypeError, UnsupportedModelError
 from ...options import HypernetizeOptions

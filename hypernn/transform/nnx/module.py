@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ...errors import OptionTypeError, ReservedArgumentError, UnsupportedModelError
+from ...calling import call_hypernetwork, check_reserved, reject_generate_kwargs
+from ...errors import OptionTypeError, UnsupportedModelError
 from ...layout import Layout, plan_layout
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
@@ -27,9 +28,8 @@ from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import factories
 from .introspect import GeneratedSlot, param_specs, replace_with_slots, slot_paths
 
-__all__ = ["RESERVED_KEYWORDS", "HypernetizedNNX"]
+__all__ = ["HypernetizedNNX"]
 
-RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
 
 # flax >= 0.11 ``nnx.merge`` reuses the state's Variable objects unless ``copy=True``
 # (older versions always build new ones): ask for copies, so that merged models never
@@ -44,16 +44,7 @@ def _check_model(model: Any, rngs: Any) -> None:
         raise OptionTypeError(
             f"an NNX hypernetwork needs `rngs=nnx.Rngs(...)` for its own modules; got {rngs!r}."
         )
-    try:
-        signature = inspect.signature(type(model).__call__)
-    except (TypeError, ValueError):
-        return
-    taken = [n for n, p in signature.parameters.items() if n in RESERVED_KEYWORDS and p.kind is not p.VAR_KEYWORD]
-    if taken:
-        raise ReservedArgumentError(
-            f"{type(model).__name__}.__call__ takes {taken}, which the hypernetwork's call reserves "
-            f"({', '.join(RESERVED_KEYWORDS)}); rename that argument of the model."
-        )
+    check_reserved(model.__call__, f"{type(model).__name__}.__call__")
 
 
 class HypernetizedNNX(nnx.Module):
@@ -156,11 +147,7 @@ class HypernetizedNNX(nnx.Module):
 
     def generate_params(self, **kwargs: Any) -> Tuple[jax.Array, Dict[str, jax.Array]]:
         """Generate the flat parameter vector: ``(flat, {"embedding": embedding})``."""
-        if kwargs:
-            raise OptionTypeError(
-                f"{type(self).__name__}.generate_params takes no arguments (a static hypernetwork); "
-                f"got `generate_params_kwargs` {sorted(kwargs)}."
-            )
+        reject_generate_kwargs(type(self).__name__, kwargs)
         embedding = self.embedding_module(jnp.arange(self.num_embeddings))
         chunks = self.weight_generator(embedding)
         check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.embedding_dim)
@@ -217,10 +204,6 @@ class HypernetizedNNX(nnx.Module):
         Returns the model's output, or ``(output, generated_params, aux)`` with
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
-        aux: Dict[str, Any] = {}
-        if generated_params is None:
-            generated_params, aux = self.generate_params(**(generate_params_kwargs or {}))
-        output = self.target_forward(
-            *args, generated_params=generated_params, assert_parameter_shapes=assert_parameter_shapes, **kwargs
-        )
-        return (output, generated_params, aux) if has_aux else output
+        return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
+                                 assert_parameter_shapes=assert_parameter_shapes,
+                                 generate_params_kwargs=generate_params_kwargs)  # fmt: skip

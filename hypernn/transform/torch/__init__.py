@@ -20,7 +20,6 @@ from .factories import MLPGenerator as MLPGenerator
 from .factories import default_embedding as default_embedding
 from .factories import default_generator as default_generator
 from .introspect import param_specs as _param_specs
-from .module import RESERVED_KEYWORDS as RESERVED_KEYWORDS
 from .module import HypernetizedModule as HypernetizedModule
 
 

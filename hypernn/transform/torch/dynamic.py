@@ -28,7 +28,8 @@ from ...errors import (
 )
 from ...options import HypernetizeOptions
 from . import conditioning
-from .module import RESERVED_KEYWORDS, HypernetizedModule, _check_reserved, forward_arguments
+from ...calling import call_arguments, check_reserved
+from .module import HypernetizedModule
 from .per_sample import PerSampleRunner
 
 __all__ = ["DynamicHypernetizedModule"]
@@ -75,9 +76,9 @@ class DynamicHypernetizedModule(HypernetizedModule):
     # ------------------------------------------------------------ construction
 
     def _check_forward_arguments(self, model: nn.Module, options: HypernetizeOptions) -> None:
-        if options.condition_keyword and "condition" in forward_arguments(model):
+        if options.condition_keyword and "condition" in call_arguments(model.forward):
             raise _condition_taken(type(model).__name__)
-        _check_reserved(model, RESERVED_KEYWORDS)
+        check_reserved(model.forward, f"{type(model).__name__}.forward")
 
     def _build_extra_modules(self, options: HypernetizeOptions, placement: Dict[str, Any]) -> None:
         self.condition_dim = options.condition_dim or options.embedding_dim
@@ -128,7 +129,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         module = self.condition_module
         cached = self.__dict__.get("_condition_arguments_cache")
         if cached is None or cached[0] is not module:
-            cached = (module, frozenset(forward_arguments(module)) - {"embedding", "condition"})
+            cached = (module, frozenset(call_arguments(module.forward)) - {"embedding", "condition"})
             self.__dict__["_condition_arguments_cache"] = cached
         return cached[1]
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
@@ -24,9 +23,9 @@ from ...errors import (
     GeneratedParamsTypeError,
     GeneratorOutputError,
     OptionTypeError,
-    ReservedArgumentError,
     UnsupportedModelError,
 )
+from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...checkpoint import check_checkpoint, strip_wrapper_prefixes
 from ...layout import Layout, plan_layout
 from ...options import HypernetizeOptions
@@ -36,31 +35,11 @@ from .introspect import copy_without, param_specs, refresh_derived_state, remove
 
 __all__ = ["RESERVED_KEYWORDS", "HypernetizedModule"]
 
-#: keywords the hypernetwork's ``forward`` takes for itself.
-RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
 
 
 def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"`model` must be a torch.nn.Module; got {type(model).__name__} ({model!r:.80}).")
-
-
-def forward_arguments(model: nn.Module) -> Tuple[str, ...]:
-    """Names ``model.forward`` takes explicitly (not through ``**kwargs``)."""
-    try:
-        signature = inspect.signature(model.forward)
-    except (TypeError, ValueError):  # builtins without a signature take nothing by name
-        return ()
-    return tuple(n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
-
-
-def _check_reserved(model: nn.Module, reserved: Tuple[str, ...]) -> None:
-    taken = [n for n in forward_arguments(model) if n in reserved]
-    if taken:
-        raise ReservedArgumentError(
-            f"{type(model).__name__}.forward takes {taken}, which the hypernetwork's forward reserves "
-            f"({', '.join(reserved)}); rename that argument of the model."
-        )
 
 
 @contextlib.contextmanager
@@ -153,7 +132,7 @@ class HypernetizedModule(nn.Module):
         self.target_network = target
 
     def _check_forward_arguments(self, model: nn.Module, options: HypernetizeOptions) -> None:
-        _check_reserved(model, RESERVED_KEYWORDS)
+        check_reserved(model.forward, f"{type(model).__name__}.forward")
 
     def _build_extra_modules(self, options: HypernetizeOptions, placement: Dict[str, Any]) -> None:
         """Hook for subclasses: modules built between the embedding and the generator."""
@@ -214,11 +193,7 @@ class HypernetizedModule(nn.Module):
 
         ``flat`` has ``num_embeddings * chunk_dim`` values (:attr:`Layout.generated_size`).
         """
-        if kwargs:
-            raise OptionTypeError(
-                f"{type(self).__name__}.generate_params takes no arguments (a static hypernetwork); "
-                f"got `generate_params_kwargs` {sorted(kwargs)}."
-            )
+        reject_generate_kwargs(type(self).__name__, kwargs)
         embedding = self.embedding_module(self._embedding_index)
         chunks = self.weight_generator(embedding)
         self._check_chunks(chunks)
@@ -291,13 +266,9 @@ class HypernetizedModule(nn.Module):
         Returns the model's output, or ``(output, generated_params, aux)`` with
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
-        aux: Dict[str, Any] = {}
-        if generated_params is None:
-            generated_params, aux = self.generate_params(**(generate_params_kwargs or {}))
-        output = self.target_forward(
-            *args, generated_params=generated_params, assert_parameter_shapes=assert_parameter_shapes, **kwargs
-        )
-        return (output, generated_params, aux) if has_aux else output
+        return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
+                                 assert_parameter_shapes=assert_parameter_shapes,
+                                 generate_params_kwargs=generate_params_kwargs)  # fmt: skip
 
     # ------------------------------------------------------------ the inverse
 

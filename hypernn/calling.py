@@ -1,0 +1,75 @@
+"""The call protocol every backend's hypernetwork shares (framework-free).
+
+``hnet(*args, generated_params=None, has_aux=False, assert_parameter_shapes=True,
+generate_params_kwargs=None, **kwargs)``: generate the weights unless given, run the
+model with them, and return its output (or ``(output, generated_params, aux)``).
+
+    >>> class Toy:
+    ...     def generate_params(self):
+    ...         return [1.0, 2.0], {"embedding": None}
+    ...     def target_forward(self, x, *, generated_params, assert_parameter_shapes=True):
+    ...         return x * sum(generated_params)
+    >>> call_hypernetwork(Toy(), (2.0,), {}, has_aux=True)
+    (6.0, [1.0, 2.0], {'embedding': None})
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from .errors import OptionTypeError, ReservedArgumentError
+
+__all__ = ["RESERVED_KEYWORDS", "call_arguments", "call_hypernetwork", "check_reserved", "reject_generate_kwargs"]
+
+#: keywords a hypernetwork's call takes for itself
+RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
+
+
+def call_arguments(function: Callable[..., Any]) -> Tuple[str, ...]:
+    """Names ``function`` takes explicitly (not through ``*args``/``**kwargs``)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # builtins without a signature take nothing by name
+        return ()
+    return tuple(n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def check_reserved(function: Callable[..., Any], owner: str, reserved: Sequence[str] = RESERVED_KEYWORDS) -> None:
+    """Raise :class:`ReservedArgumentError` if the model's call (``owner``, e.g.
+    ``"MLP.forward"``) takes a keyword the hypernetwork's call reserves."""
+    taken = [n for n in call_arguments(function) if n in reserved]
+    if taken:
+        raise ReservedArgumentError(
+            f"{owner} takes {taken}, which the hypernetwork's call reserves ({', '.join(reserved)}); "
+            f"rename that argument of the model."
+        )
+
+
+def reject_generate_kwargs(hypernetwork_name: str, kwargs: Mapping[str, Any]) -> None:
+    """A static hypernetwork's ``generate_params`` takes no arguments."""
+    if kwargs:
+        raise OptionTypeError(
+            f"{hypernetwork_name}.generate_params takes no arguments (a static hypernetwork); "
+            f"got `generate_params_kwargs` {sorted(kwargs)}."
+        )
+
+
+def call_hypernetwork(
+    hnet: Any,
+    args: Tuple[Any, ...],
+    kwargs: Dict[str, Any],
+    *,
+    generated_params: Any = None,
+    has_aux: bool = False,
+    assert_parameter_shapes: bool = True,
+    generate_params_kwargs: Optional[Mapping[str, Any]] = None,
+) -> Any:
+    """Generate (unless ``generated_params`` is given) and run; ``aux`` is ``{}`` when given."""
+    aux: Dict[str, Any] = {}
+    if generated_params is None:
+        generated_params, aux = hnet.generate_params(**(generate_params_kwargs or {}))
+    output = hnet.target_forward(
+        *args, generated_params=generated_params, assert_parameter_shapes=assert_parameter_shapes, **kwargs
+    )
+    return (output, generated_params, aux) if has_aux else output
