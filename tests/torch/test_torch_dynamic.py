@@ -1073,3 +1073,24 @@ def test_decorator_form_with_condition_dim():
 
     tasks = Tasks()
     assert tasks(torch.randn(2, 4), condition=torch.tensor([0, 2])).shape == (2, 2)
+
+
+class _SequenceFirstThenHead(nn.Module):
+    """A sequence-first LSTM whose (L, B, H) output goes to a plain Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0])
+
+
+def test_ambiguous_sample_dimension_is_refused_not_guessed():
+    torch.manual_seed(0)
+    hnet = hypernetize(_SequenceFirstThenHead(), embedding_dim=4, num_embeddings=8, condition_dim=2, targets=["head"])
+    with pytest.raises(ConditionError, match=r"Linear: the model has sequence-first layers .* shape \(4, 4, 4\), whose first two dimensions are equal"):
+        hnet(torch.randn(4, 4, 3), condition=torch.randn(4, 2))
+    with pytest.raises(ConditionError, match=r"batch dimension 0 must be 4"):  # (L=5, B=4): a clear mismatch
+        hnet(torch.randn(5, 4, 3), condition=torch.randn(4, 2))

@@ -191,14 +191,36 @@ def _squeeze(out: Any, dims: Any) -> Any:
     return type(out)(_squeeze(o, d) for o, d in zip(out, dims))
 
 
-def _native(module: nn.Module, tensors: Dict[str, torch.Tensor], sample_dim: int) -> Callable[..., Any]:
+def _native(module: nn.Module, tensors: Dict[str, torch.Tensor], sample_dim: int, guard: bool) -> Callable[..., Any]:
     implementation = IMPLEMENTATIONS[type(module)]
     params = dict(module.named_parameters())
     params.update(tensors)
     batched = set(tensors)
     if sample_dim and isinstance(module, MOVABLE):
         return lambda x: implementation(module, params, batched, x.movedim(sample_dim, 0)).movedim(0, sample_dim)
+    if guard and isinstance(module, MOVABLE):
+        def checked(x: torch.Tensor) -> torch.Tensor:
+            _refuse_ambiguous(module, x)
+            return implementation(module, params, batched, x)
+
+        return checked
     return lambda *args, **kwargs: implementation(module, params, batched, *args, **kwargs)
+
+
+def _refuse_ambiguous(module: nn.Module, x: torch.Tensor) -> None:
+    """In a model with sequence-first layers, a layer outside them that gets ``(L, B, ...)``
+    with ``L == B`` cannot tell its sample dimension: refuse rather than guess."""
+    if x.dim() >= 3 and x.shape[0] == x.shape[1]:
+        raise ConditionError(
+            f"per-sample weights for {type(module).__name__}: the model has sequence-first layers "
+            f"(batch_first=False) and this layer got an input of shape {tuple(x.shape)}, whose first two "
+            f"dimensions are equal, so the sample dimension is ambiguous. Use batch_first=True layers, or a "
+            f"sequence length different from the batch size."
+        )
+
+
+def _has_sequence_first(model: nn.Module) -> bool:
+    return any(isinstance(m, SELF_LAYOUT) and not m.batch_first for m in model.modules())
 
 
 class PerSampleRunner:
@@ -206,6 +228,9 @@ class PerSampleRunner:
 
     def __init__(self, model: nn.Module, names: Sequence[str], aliases: Optional[Mapping[str, str]] = None):
         self.owners = plan_owners(model, list(names), dict(aliases or {}))
+        #: layers acting on the last dimension refuse ambiguous inputs in models that
+        #: also hold sequence-first layers
+        self.guard = _has_sequence_first(model)
 
     def __call__(self, model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: int, args: Tuple, kwargs: Dict) -> Any:
         patched = []
@@ -215,7 +240,7 @@ class PerSampleRunner:
             for owner in self.owners:
                 module = model.get_submodule(owner.path)
                 own = {relative: tensors[generated] for relative, generated in owner.tensors}
-                module.forward = (_native(module, own, owner.sample_dim) if owner.native
+                module.forward = (_native(module, own, owner.sample_dim, self.guard) if owner.native
                                   else _Fallback(module, own, batch, owner.sample_dim))  # fmt: skip
                 patched.append(module)
             return model(*args, **kwargs)
