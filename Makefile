@@ -25,6 +25,8 @@ test-fast: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/torch_mlp_step.py
+	$(PY) benchmarks/jax_mlp_step.py
+	$(PY) benchmarks/torch_dynamic_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
