@@ -53,13 +53,11 @@ import argparse
 import collections
 import difflib
 import gc
-import json
 import math
 import platform
 import re
 import statistics
 import sys
-import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import flax
@@ -71,12 +69,12 @@ import optax
 from flax import nnx
 
 from hypernn import hypernetize
+from common import CLOCKS, check_round_args, write_json
 
 TARGET_RATIO = 1.05
 SIZES = (784, 256, 256, 10)
 BATCH = 128
 LEARNING_RATE = 1e-3
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 NNX_STYLES = {
     "pure": "nnx.split once + jax.jit over the Param State (nnx.merge inside)",
     "jit": "nnx.jit + nnx.Optimizer + nnx.value_and_grad",
@@ -592,8 +590,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.embedding_dim) != len(args.num_embeddings):
         parser.error("--embedding-dim and --num-embeddings need the same number of values (they pair up)")
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error("--rounds and --steps must be >= 1, --warmup >= 0")
+    check_round_args(parser, args)
     return args
 
 
@@ -615,9 +612,7 @@ def main(argv=None) -> int:
         meta = {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
                 "python": sys.version.split()[0], "device": f"{device.platform} ({device.device_kind})",
                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "sizes": SIZES, "batch": BATCH}  # fmt: skip
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "results": results}, handle, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, meta, results)
     return 0
 
 

@@ -93,7 +93,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
@@ -101,6 +100,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hypernn import hypernetize
+from common import CLOCKS, write_json
 
 TARGET_RATIO = 1.2  # hypernn / hand-written, at most
 TARGET_SPEEDUP = 10.0  # loop / hypernn, at least
@@ -108,7 +108,6 @@ BATCH = 256
 IMPLS = ("hypernn", "hand", "loop", "hnet_loop")
 LOOPS = ("loop", "hnet_loop")
 LABELS = {"hypernn": "hypernn", "hand": "hand-written", "loop": "python loop", "hnet_loop": "loop of hnet"}
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x, condition, target)
 Layer = Tuple  # ("linear", in, out) | ("conv", in, out, kernel) | ("relu",) | ("flatten",)
@@ -666,9 +665,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"torch": torch.__version__, "python": sys.version.split()[0], "threads": torch.get_num_threads(),
                 "batch": BATCH, "machine": platform.machine()}  # fmt: skip
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "results": results}, handle, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, meta, results)
     return 0
 
 

@@ -31,12 +31,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
 import gc
 import itertools
-import json
 import math
 import platform
 import statistics
 import sys
-import time
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -44,12 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from hypernn import hypernetize
+from common import CLOCKS, check_round_args, write_json
 
 TARGET_RATIO = 1.10
 SIZES = (784, 256, 256, 10)
 BATCH = 128
 CUTS = {"split": "one torch.split", "slice": "flat[a:b] slices"}  # how the baseline cuts the vector
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -311,8 +309,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.embedding_dim) != len(args.num_embeddings):
         parser.error("--embedding-dim and --num-embeddings need the same number of values (they pair up)")
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error("--rounds and --steps must be >= 1, --warmup >= 0")
+    check_round_args(parser, args)
     return args
 
 
@@ -330,9 +327,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"torch": torch.__version__, "python": sys.version.split()[0], "threads": torch.get_num_threads(),
                 "sizes": SIZES, "batch": BATCH}  # fmt: skip
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "results": results}, handle, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, meta, results)
     return 0
 
 

@@ -19,7 +19,7 @@ parameter of the hypernetwork are compared, eagerly and under :func:`jax.jit`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,7 @@ import pytest
 
 import hypernn
 from hypernn import hypernetize
+from layout_reference import hand_layout
 
 RTOL, ATOL = 2e-5, 2e-6
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
@@ -90,18 +91,6 @@ def model_variables_for(model: nn.Module, *inputs, seed: int, **init_kwargs) -> 
     return _MODEL_VARIABLES[key]
 
 
-def hand_layout(sizes: Sequence[int], kind: str, num_embeddings: int) -> Tuple[List[int], int, int]:
-    """Offsets, chunk_dim and number of chunks, re-derived from the layout's definition."""
-    if kind == "global":
-        chunk_dim = math.ceil(sum(sizes) / num_embeddings)
-        return [sum(sizes[:i]) for i in range(len(sizes))], chunk_dim, num_embeddings
-    assert kind == "per_tensor"
-    chunk_dim = next(c for c in range(1, max(sizes) + 1) if sum(math.ceil(s / c) for s in sizes) <= num_embeddings)
-    offsets, chunk = [], 0
-    for size in sizes:
-        offsets.append(chunk * chunk_dim)
-        chunk += math.ceil(size / chunk_dim)
-    return offsets, chunk_dim, chunk
 
 
 def hnet_variables(hnet, model_variables: dict, inputs: Sequence, *, unselected: Sequence[str], num_chunks: int,

@@ -36,6 +36,7 @@ import pytest
 from flax import nnx
 
 from hypernn import hypernetize, select
+from layout_reference import hand_layout
 from hypernn.transform.nnx import GeneratedSlot
 
 GENERATOR_PARAMS = ("embedding_module.embedding", "weight_generator.kernel", "weight_generator.bias")
@@ -97,18 +98,6 @@ def hyper(model: nnx.Module, **options: Any) -> nnx.Module:
     return hypernetize(model, rngs=nnx.Rngs(1), **FAST_FACTORIES, **options)
 
 
-def hand_layout(sizes: Sequence[int], kind: str, num_embeddings: int) -> Tuple[List[int], int, int]:
-    """Offsets, chunk_dim and number of chunks, re-derived from the layout's definition."""
-    if kind == "global":
-        chunk_dim = math.ceil(sum(sizes) / num_embeddings)
-        return [sum(sizes[:i]) for i in range(len(sizes))], chunk_dim, num_embeddings
-    assert kind == "per_tensor"
-    chunk_dim = next(c for c in range(1, max(sizes) + 1) if sum(math.ceil(s / c) for s in sizes) <= num_embeddings)
-    offsets, chunk = [], 0
-    for size in sizes:
-        offsets.append(chunk * chunk_dim)
-        chunk += math.ceil(size / chunk_dim)
-    return offsets, chunk_dim, chunk
 
 
 def weighted_sum(output: Any, cotangents: Sequence[jax.Array]) -> jax.Array:

@@ -17,7 +17,7 @@ Outputs and the gradients of every trainable parameter of the hypernetwork are c
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 import pytest
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from hypernn import hypernetize, select
+from layout_reference import hand_layout
 
 DTYPE = torch.float64
 GENERATOR_PARAMS = ("embedding_module.weight", "weight_generator.weight", "weight_generator.bias")
@@ -39,19 +40,6 @@ def _seed():
 # ---------------------------------------------------------------- the hand-written hypernetwork
 
 
-def hand_layout(sizes: Sequence[int], kind: str, num_embeddings: int) -> Tuple[List[int], int, int]:
-    """Offsets, chunk_dim and number of chunks, re-derived from the layout's definition."""
-    if kind == "global":
-        chunk_dim = math.ceil(sum(sizes) / num_embeddings)
-        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        return offsets, chunk_dim, num_embeddings
-    assert kind == "per_tensor"
-    chunk_dim = next(c for c in range(1, max(sizes) + 1) if sum(math.ceil(s / c) for s in sizes) <= num_embeddings)
-    offsets, chunk = [], 0
-    for size in sizes:
-        offsets.append(chunk * chunk_dim)
-        chunk += math.ceil(size / chunk_dim)
-    return offsets, chunk_dim, chunk
 
 
 def flatten_outputs(out) -> List[torch.Tensor]:

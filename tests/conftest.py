@@ -1,0 +1,1 @@
+"""Makes the shared test helpers in ``tests/`` (``layout_reference``) importable."""
