@@ -120,6 +120,10 @@ class Layout:
             valid += f" or {self.num_params} (the target's values, end to end)"
         raise GeneratedParamsError(f"`generated_params` has {length} values; expected {valid}.")
 
+    def chunk_range(self, slot: Slot) -> Tuple[int, int]:
+        """The first and last chunk holding ``slot``'s values."""
+        return slot.offset // self.chunk_dim, (slot.offset + max(slot.size, 1) - 1) // self.chunk_dim
+
     def describe(self) -> str:
         """A human-readable summary: sizes, padding and where each tensor lives."""
         lines = [
@@ -127,7 +131,7 @@ class Layout:
             f"values for {self.num_params} target values ({self.unused} unused)"
         ]
         for slot in self.slots:
-            first, last = slot.offset // self.chunk_dim, (slot.offset + max(slot.size, 1) - 1) // self.chunk_dim
+            first, last = self.chunk_range(slot)
             alias = "".join(f" (= {a})" for a in slot.aliases)
             lines.append(f"  {slot.name}{alias}: shape {slot.shape}, values [{slot.offset}, {slot.offset + slot.size}), chunks {first}-{last}")
         return "\n".join(lines)

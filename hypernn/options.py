@@ -12,23 +12,28 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigurationError, OptionTypeError
 from .conditioning import CONDITIONING_SPECS
 from .factories import MLPGeneratorSpec
+from .init import INITS
 from .layout import LAYOUTS
 from .selection import Selector, check_selector
 
-__all__ = ["BACKEND_SPECIFIC", "DYNAMIC_OPTIONS", "HypernetizeOptions", "check_positive_int"]
+__all__ = ["BACKEND_SPECIFIC", "DYNAMIC_OPTIONS", "INIT_OPTIONS", "HypernetizeOptions", "check_positive_int"]
 
 #: options only some backends use -> the models they are for
 BACKEND_SPECIFIC = {
     "example_inputs": "flax linen", "init_kwargs": "flax linen", "variables": "flax linen", "rngs": "flax NNX",
     # dynamic hypernetworks: torch so far
     "condition_dim": "torch", "num_conditions": "torch", "condition_factory": "torch", "condition_keyword": "torch",
+    # warm start and low-rank deltas: torch so far
+    "warm_start": "torch", "low_rank": "torch", "low_rank_scale": "torch",
 }  # fmt: skip
 DYNAMIC_OPTIONS = ("condition_dim", "num_conditions", "condition_factory", "condition_keyword")
+INIT_OPTIONS = ("init", "warm_start", "low_rank", "low_rank_scale")
 
 
 def check_positive_int(value: Any, argument: str, *, optional: bool = False) -> None:
@@ -81,6 +86,15 @@ class HypernetizeOptions:
         condition_keyword: whether the hypernetwork's call takes ``condition=`` (default);
             with ``False`` the condition goes only through
             ``generate_params_kwargs={"condition": c}``, leaving ``condition`` to the model.
+        init: where generated tensors start: ``"hyperfan"`` (default: each at the mean
+            and std of its own layer's default init) or ``"default"`` (hyper-nn's plain
+            framework defaults); see :mod:`hypernn.init`.
+        warm_start: start exactly at the model's current weights (``hnet(x) == model(x)``
+            at step 0); default ``True`` with ``low_rank`` (the delta starts at zero, as
+            in LoRA), else ``False``.
+        low_rank: generate rank-``low_rank`` factors ``A``, ``B`` per selected weight and
+            run ``W0 + low_rank_scale * A @ B`` with ``W0`` frozen (see :mod:`hypernn.lowrank`).
+        low_rank_scale: the factor in front of ``A @ B`` (default 1).
     """
 
     embedding_dim: int
@@ -100,6 +114,10 @@ class HypernetizeOptions:
     num_conditions: Optional[int] = None
     condition_factory: Any = None
     condition_keyword: bool = True
+    init: str = "hyperfan"
+    warm_start: Optional[bool] = None
+    low_rank: Optional[int] = None
+    low_rank_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive_int(self.embedding_dim, "embedding_dim")
@@ -126,6 +144,23 @@ class HypernetizeOptions:
         if self.init_kwargs is not None and not isinstance(self.init_kwargs, Mapping):
             raise OptionTypeError(f"`init_kwargs` must be a dict of keyword arguments; got {type(self.init_kwargs).__name__}.")
         self._check_dynamic()
+        self._check_start()
+
+    def _check_start(self) -> None:
+        if not isinstance(self.init, str):
+            raise OptionTypeError(f"`init` must be one of {INITS}; got {self.init!r} of type {type(self.init).__name__}.")
+        if self.init not in INITS:
+            raise ConfigurationError(f"`init` must be one of {INITS}; got {self.init!r}.")
+        if self.warm_start is not None and not isinstance(self.warm_start, bool):
+            raise OptionTypeError(f"`warm_start` must be a bool (or None for the default); got {self.warm_start!r}.")
+        check_positive_int(self.low_rank, "low_rank", optional=True)
+        scale = self.low_rank_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise OptionTypeError(f"`low_rank_scale` must be a positive number; got {scale!r} of type {type(scale).__name__}.")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigurationError(f"`low_rank_scale` must be a positive finite number; got {scale!r}.")
+        if scale != 1.0 and self.low_rank is None:
+            raise ConfigurationError(f"`low_rank_scale`={scale!r} needs `low_rank=` (the rank of the generated factors).")
 
     def _check_dynamic(self) -> None:
         check_positive_int(self.condition_dim, "condition_dim", optional=True)
@@ -140,6 +175,15 @@ class HypernetizeOptions:
                 )
         if not isinstance(self.condition_keyword, bool):
             raise OptionTypeError(f"`condition_keyword` must be a bool; got {self.condition_keyword!r}.")
+
+    @property
+    def starts_at_model(self) -> bool:
+        """Whether the generated weights start at the model's (``warm_start``, resolved)."""
+        return self.warm_start if self.warm_start is not None else self.low_rank is not None
+
+    def start_kwargs(self) -> Dict[str, Any]:
+        """The options of :data:`INIT_OPTIONS` (init, warm start, low rank)."""
+        return {name: getattr(self, name) for name in INIT_OPTIONS}
 
     @property
     def dynamic(self) -> bool:
@@ -158,9 +202,10 @@ class HypernetizeOptions:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     def common_kwargs(self) -> Dict[str, Any]:
-        """The options every backend takes (without the linen/NNX-specific ones)."""
+        """The options every backend takes (without backend-specific ones and without
+        :data:`INIT_OPTIONS`, which backends that support them take from :meth:`start_kwargs`)."""
         kwargs = self.as_kwargs()
-        for name in BACKEND_SPECIFIC:
+        for name in {*BACKEND_SPECIFIC, *INIT_OPTIONS}:
             del kwargs[name]
         return kwargs
 

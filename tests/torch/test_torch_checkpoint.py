@@ -64,7 +64,7 @@ def test_a_checkpoint_of_another_selection_lists_the_names_and_loads_nothing():
     conv_only = trained(hypernetize(cnn(), embedding_dim=4, num_embeddings=8, targets=nn.Conv2d))
     everything = hypernetize(cnn(), embedding_dim=4, num_embeddings=8)
     before = {k: v.clone() for k, v in everything.state_dict().items()}
-    with pytest.raises(CheckpointMismatchError, match=r"does not fit this Sequential hypernetwork \(nothing was loaded\): not in this hypernetwork: 'target_network\.1\.bias', 'target_network\.1\.weight', 'target_network\.4\.bias', 'target_network\.4\.weight'; shape mismatch: 'weight_generator\.bias' is \(5,\) in the checkpoint, \(61,\) here"):
+    with pytest.raises(CheckpointMismatchError, match=r"does not fit this Sequential hypernetwork \(nothing was loaded\): not in this hypernetwork: 'target_network\.1\.bias', 'target_network\.1\.weight', 'target_network\.4\.bias', 'target_network\.4\.weight'; shape mismatch: 'output_affine\.scale' is \(2,\) in the checkpoint, \(6,\) here, 'output_affine\.shift' is \(2,\) in the checkpoint, \(6,\) here, 'weight_generator\.bias' is \(5,\) in the checkpoint, \(61,\) here"):
         everything.load_state_dict(conv_only.state_dict())
     for key, value in everything.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)

@@ -12,6 +12,8 @@ Every test computes the same math twice:
 The offsets of the hand-written side come from an independent re-derivation of the chunk
 layout (:func:`hand_layout`), not from ``hnet.layout``; the layout is then checked to agree.
 Outputs and the gradients of every trainable parameter of the hypernetwork are compared.
+These are hyper-nn's computations, so the hypernetworks use ``init="default"`` (no start
+map); the hyperfan map on top is checked in ``test_torch_init.py``.
 """
 
 from __future__ import annotations
@@ -229,14 +231,14 @@ MLP_ALL = ["0.weight", "0.bias", "2.weight", "2.bias"]
 )
 def test_mlp(targets, selected, kind, num_embeddings):
     model = make_mlp()
-    hnet = hypernetize(model, embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
     x = torch.randn(7, 4, dtype=DTYPE)
     compare(hnet, model, hand_mlp, (x,), selected=selected, kind=kind, num_embeddings=num_embeddings)
 
 
 def test_mlp_partial_keeps_unselected_layer_trainable():
     model = make_mlp()
-    hnet = hypernetize(model, embedding_dim=3, num_embeddings=3, targets=["0"])
+    hnet = hypernetize(model, init="default", embedding_dim=3, num_embeddings=3, targets=["0"])
     kept = hnet.target_network[2]
     assert any(p is kept.weight for p in hnet.parameters()) and any(p is kept.bias for p in hnet.parameters())
     assert kept.weight is not model[2].weight  # a copy, not shared with the original
@@ -309,7 +311,7 @@ def hand_cnn(stats: dict):
 def test_cnn_batchnorm(training, targets, selected, kind, num_embeddings):
     model = make_cnn()
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    hnet = hypernetize(model, embedding_dim=4, num_embeddings=num_embeddings, targets=targets, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=4, num_embeddings=num_embeddings, targets=targets, layout=kind)
     hnet.train(training)
     bn = hnet.target_network[1]
     assert bn.training is training and hnet.target_network[0].training is training
@@ -333,7 +335,7 @@ def test_cnn_batchnorm(training, targets, selected, kind, num_embeddings):
 
 
 def test_train_eval_reach_the_target_network():
-    hnet = hypernetize(make_cnn(), embedding_dim=4, num_embeddings=3)
+    hnet = hypernetize(make_cnn(), init="default", embedding_dim=4, num_embeddings=3)
     hnet.eval()
     assert all(not m.training for m in hnet.modules())
     assert not hnet.target_network[1].training
@@ -363,7 +365,7 @@ LSTM_NAMES = ["weight_ih_l{}", "weight_hh_l{}", "bias_ih_l{}", "bias_hh_l{}"]
 def test_lstm(num_layers, batch_first, targets, kind, num_embeddings, with_state):
     input_size, hidden, T, B = 3, 4, 5, 2
     model = nn.LSTM(input_size, hidden, num_layers=num_layers, batch_first=batch_first).to(DTYPE)
-    hnet = hypernetize(model, embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
     names = [n.format(layer) for layer in range(num_layers) for n in LSTM_NAMES]
     selected = [n for n in names if targets is None or n.startswith("weight_")]
     x = torch.randn((B, T, input_size) if batch_first else (T, B, input_size), dtype=DTYPE)
@@ -404,7 +406,7 @@ def test_multihead_attention(training, batch_first, targets, selected, kind, num
     with torch.no_grad():
         model.in_proj_bias.uniform_(-0.5, 0.5)  # torch initialises the biases to zero
         model.out_proj.bias.uniform_(-0.5, 0.5)
-    hnet = hypernetize(model, embedding_dim=4, num_embeddings=num_embeddings, targets=targets, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=4, num_embeddings=num_embeddings, targets=targets, layout=kind)
     hnet.train(training)
     assert hnet.target_network.training is training
 
@@ -449,7 +451,7 @@ def test_transformer_encoder_layer(training, norm_first, batch_first, targets, s
         for name, param in model.named_parameters():
             if "norm" in name or name.endswith("bias"):  # move them off their 1 / 0 init
                 param.add_(torch.empty_like(param).uniform_(-0.3, 0.3))
-    hnet = hypernetize(model, embedding_dim=5, num_embeddings=num_embeddings, targets=targets, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=5, num_embeddings=num_embeddings, targets=targets, layout=kind)
     hnet.train(training)
     assert hnet.target_network.self_attn.training is training
 
@@ -559,7 +561,7 @@ def test_generator_emitting_original_weights_reproduces_model(case, mode, grad):
 
     kind = "per_tensor" if mode == "full-with-nan-padding" else "global"
     num_embeddings = {"compact": 2 * len(values) + 1, "generator": 1}.get(mode) or _padded_num_embeddings(sizes)
-    hnet = hypernetize(model, embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
     hnet.train(training)
     kwargs, vector = {}, None
     if mode == "compact":
@@ -629,7 +631,7 @@ def test_generator_emitting_original_weights_reproduces_model(case, mode, grad):
 )
 def test_tied_embedding_and_output(targets, selected, kind, num_embeddings):
     model = Tied().to(DTYPE)
-    hnet = hypernetize(model, embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind)
     assert [s.name for s in hnet.layout.slots].count("emb.weight") == 1
     assert hnet.layout.slots[0].aliases == ("out.weight",)
 
@@ -646,7 +648,7 @@ def test_tied_embedding_and_output(targets, selected, kind, num_embeddings):
 @pytest.mark.parametrize("kind, num_embeddings", [("global", 3), ("per_tensor", 6)])
 def test_tied_linears(kind, num_embeddings):
     model = TiedLinears().to(DTYPE)
-    hnet = hypernetize(model, embedding_dim=3, num_embeddings=num_embeddings, layout=kind)
+    hnet = hypernetize(model, init="default", embedding_dim=3, num_embeddings=num_embeddings, layout=kind)
     assert hnet.layout.num_params == 25 + 5 + 5  # the shared 5x5 matrix once
 
     def hand(p, x):

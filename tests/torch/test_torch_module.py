@@ -44,11 +44,15 @@ class Scaled(nn.Module):
 
 
 def hand_mlp(hnet, x):
-    """The hypernetwork's math written out: generate, slice, F.linear."""
+    """The hypernetwork's math written out: generate, slice, the per-tensor hyperfan map
+    ``shift + scale * raw`` (absent with ``init="default"``), F.linear."""
     chunks = hnet.weight_generator.weight @ hnet.embedding_module.weight.T
     flat = (chunks.T + hnet.weight_generator.bias).reshape(-1)
-    w1, b1 = flat[:32].reshape(8, 4), flat[32:40]
-    w2, b2 = flat[40:64].reshape(3, 8), flat[64:67]
+    pieces = [flat[:32].reshape(8, 4), flat[32:40], flat[40:64].reshape(3, 8), flat[64:67]]
+    if hnet.output_affine is not None:
+        affine = hnet.output_affine
+        pieces = [affine.shift[i] + affine.scale[i] * piece for i, piece in enumerate(pieces)]
+    w1, b1, w2, b2 = pieces
     return F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)
 
 
@@ -59,6 +63,9 @@ def test_forward_matches_hand_written_math_and_model_signature():
     hnet = hypernetize(mlp(), embedding_dim=5, num_embeddings=4)
     x = torch.randn(6, 4)
     torch.testing.assert_close(hnet(x), hand_mlp(hnet, x))
+    plain = hypernetize(mlp(), embedding_dim=5, num_embeddings=4, init="default")
+    assert plain.output_affine is None
+    torch.testing.assert_close(plain(x), hand_mlp(plain, x))
     scaled = hypernetize(Scaled(), embedding_dim=3, num_embeddings=2)
     out = scaled(torch.ones(1, 4), scale=0.0)
     assert set(out) == {"out"}

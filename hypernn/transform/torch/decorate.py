@@ -23,7 +23,7 @@ from typing import Any, List, Tuple
 from torch import nn
 
 from ...errors import UnsupportedModelError
-from ...options import DYNAMIC_OPTIONS, HypernetizeOptions
+from ...options import DYNAMIC_OPTIONS, INIT_OPTIONS, HypernetizeOptions
 from .dynamic import DynamicHypernetizedModule
 from .module import HypernetizedModule
 
@@ -60,8 +60,8 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     for known, decorated in _CLASSES.get(cls, []):
         if known == options:
             return decorated
-    options.reject_unused("torch", used=DYNAMIC_OPTIONS)
-    kwargs = {**options.common_kwargs(), "inplace": True}
+    options.reject_unused("torch", used=DYNAMIC_OPTIONS + INIT_OPTIONS)
+    kwargs = {**options.common_kwargs(), **options.start_kwargs(), "inplace": True}
     base = HypernetizedModule
     if options.dynamic:
         base = DynamicHypernetizedModule

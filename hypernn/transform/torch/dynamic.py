@@ -29,6 +29,7 @@ from ...errors import (
 from ...options import HypernetizeOptions
 from . import conditioning
 from ...calling import call_arguments, check_reserved
+from ...summary import HypernetworkSummary
 from .module import HypernetizedModule
 from .per_sample import PerSampleRunner
 
@@ -70,7 +71,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
             raise ConfigurationError("a dynamic hypernetwork needs `condition_dim=` or `num_conditions=`.")
         self.condition_keyword = condition_keyword
         self._build(model, built)
-        names = {name: slot.name for slot in self.layout.slots for name in (slot.name,) + slot.aliases}
+        names = self.target_tensor_names()
         self._runner = PerSampleRunner(self.target_network, list(names), names)
 
     # ------------------------------------------------------------ construction
@@ -90,9 +91,13 @@ class DynamicHypernetizedModule(HypernetizedModule):
         self.condition_module = self._checked_module(module, "condition_factory").to(**placement)
         self.generator_input_dim = getattr(self.condition_module, "output_dim", self.embedding_dim)
 
+    def _zero_condition(self, *lead: int) -> torch.Tensor:
+        """Zero condition vectors ``(*lead, condition_dim)`` in the embeddings' dtype."""
+        dtype = self.embedding_module.weight.dtype if hasattr(self.embedding_module, "weight") else None
+        return torch.zeros(*lead, self.condition_dim, device=self.device, dtype=dtype)
+
     def _probe_chunks(self) -> Tuple[torch.Tensor, Tuple[int, ...]]:
-        condition = torch.zeros(1, self.condition_dim, device=self.device, dtype=self.embedding_module.weight.dtype
-                                if hasattr(self.embedding_module, "weight") else None)  # fmt: skip
+        condition = self._zero_condition(1)
         embedding, _ = self.condition_module(self.embedding_module(self._embedding_index), condition)
         return self.weight_generator(embedding), (1,)
 
@@ -174,7 +179,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
                                           assert_parameter_shapes=assert_parameter_shapes, **kwargs)  # fmt: skip
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
-        tensors = self.unflatten(generated_params)
+        tensors = self.target_tensors(generated_params)
         return self._runner(self.target_network, tensors, generated_params.shape[0], args, kwargs)
 
     def forward(
@@ -202,11 +207,32 @@ class DynamicHypernetizedModule(HypernetizedModule):
 
     def materialize(self, **generate_params_kwargs: Any) -> nn.Module:
         """The model with the weights of one condition baked in (``condition=`` of shape
-        ``(C,)``, or an integer id)."""
+        ``(C,)``, or an integer id); a batch of conditions is refused (materialize each)."""
+        if generate_params_kwargs.get("condition") is None:
+            raise ConditionError(
+                "materializing a dynamic hypernetwork needs the condition whose weights to bake in: "
+                "`hnet.materialize(condition=c)` (or `hypernn.materialize(hnet, condition=c)`)."
+            )
         flat, _ = self.generate_params(**generate_params_kwargs)
         if flat.dim() != 1:
-            raise ConditionError("materialize needs one condition (shape (C,) or one id), not a batch.")
-        return super().materialize(**generate_params_kwargs)
+            raise ConditionError(
+                f"materialize needs one condition (shape ({self.condition_dim},) or one id), not a batch: got "
+                f"`condition` of shape {tuple(torch.as_tensor(generate_params_kwargs['condition']).shape)}; "
+                f"materialize each: `[hypernn.materialize(hnet, condition=c) for c in conditions]`."
+            )
+        return self._baked({name: t.detach() for name, t in self.merged_tensors(flat).items()})
+
+    def summary(self, **generate_params_kwargs: Any) -> HypernetworkSummary:
+        """Like the static summary, for one condition (default: the zero condition, or id 0)."""
+        note = ""
+        if generate_params_kwargs.get("condition") is None:
+            generate_params_kwargs["condition"] = 0 if self.num_conditions is not None else self._zero_condition()
+            note = ", at condition id 0" if self.num_conditions is not None else ", at the zero condition"
+        with torch.no_grad():
+            flat, _ = self.generate_params(**generate_params_kwargs)
+        if flat.dim() != 1:
+            raise ConditionError("summary takes one condition (shape (C,) or one id), not a batch.")
+        return self._summary(flat, note)
 
 
 def _condition_taken(model_name: str) -> ReservedArgumentError:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,11 +27,17 @@ from ...errors import (
 )
 from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...checkpoint import check_checkpoint, strip_wrapper_prefixes
+from ...default_inits import TargetInit, target_init
 from ...layout import Layout, plan_layout
+from ...lowrank import LowRankWeight, factor_entries, factor_inits, select_low_rank
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
+from ...specs import ParamSpec
+from ...summary import HypernetworkSummary, summarize
 from . import factories
 from .introspect import copy_without, param_specs, refresh_derived_state, remove_parameters, untrack_generated_weights
+from .low_rank import Adapted, add_low_rank_slots, compose, merged_weight, remove_low_rank_slots
+from .start import build_output_affine, measure, numpy_of
 
 __all__ = ["RESERVED_KEYWORDS", "HypernetizedModule"]
 
@@ -94,12 +100,17 @@ class HypernetizedModule(nn.Module):
         embedding_factory: Optional[Callable[[int, int], nn.Module]] = None,
         generator_factory: Optional[Callable[[int, int], nn.Module]] = None,
         inplace: bool = False,
+        init: str = "hyperfan",
+        warm_start: Optional[bool] = None,
+        low_rank: Optional[int] = None,
+        low_rank_scale: float = 1.0,
     ):
         super().__init__()
         options = HypernetizeOptions(
             embedding_dim=embedding_dim, num_embeddings=num_embeddings, chunk_dim=chunk_dim, layout=layout,
             targets=targets, exclude=exclude, embedding_factory=embedding_factory,
-            generator_factory=generator_factory, inplace=inplace,
+            generator_factory=generator_factory, inplace=inplace, init=init, warm_start=warm_start,
+            low_rank=low_rank, low_rank_scale=low_rank_scale,
         )  # fmt: skip
         self._build(model, options)
 
@@ -108,11 +119,16 @@ class HypernetizedModule(nn.Module):
     def _build(self, model: nn.Module, options: HypernetizeOptions) -> None:
         _check_model(model)
         self._check_forward_arguments(model, options)
-        chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude,
-                        model_name=type(model).__name__).chosen  # fmt: skip
-        self.layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
+        specs = param_specs(model)
+        chosen = self._select(specs, options, type(model).__name__)
+        entries = factor_entries(self.low_rank_weights) if options.low_rank else chosen
+        self.layout = plan_layout(entries, kind=options.layout, num_embeddings=options.num_embeddings,
                                   chunk_dim=options.chunk_dim)  # fmt: skip
         self.selection = Selection(tuple(s.without_value() for s in chosen), type(model).__name__)
+        self.init_scheme, self.warm_start = options.init, options.starts_at_model
+        self.low_rank, self.low_rank_scale = options.low_rank, float(options.low_rank_scale)
+        self.target_inits = self._target_inits(specs, chosen)
+        self.num_model_parameters = sum(s.size for s in specs if s.kind == "parameter")
         self.embedding_dim = self.generator_input_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
@@ -125,11 +141,56 @@ class HypernetizedModule(nn.Module):
         self.weight_generator = self._checked_module(self.make_weight_generator(), "generator_factory").to(**placement)
         self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=reference.device), persistent=False)
         del self._factories  # may hold lambdas; not needed after construction
-        self._probe()
+        raw = self._probe()
+        start = self._start_values(chosen) if self.warm_start else None
+        self.output_affine = build_output_affine(self.layout, raw.reshape(-1), self.target_inits, init=options.init,
+                                                 start=start)  # fmt: skip
         # Everything that can fail on user input has run: now the model (or its copy) changes.
-        target = model if options.inplace else copy_without(model, chosen)
-        self._stateful_owners = remove_parameters(target, [n for s in chosen for n in s.names])
+        replaced = [] if options.low_rank else chosen
+        target = model if options.inplace else copy_without(model, replaced)
+        self._stateful_owners = remove_parameters(target, [n for s in replaced for n in s.names])
+        self._adapted = self._adapt(target)
         self.target_network = target
+
+    def _select(self, specs: List[ParamSpec], options: HypernetizeOptions, model_name: str) -> Tuple[ParamSpec, ...]:
+        """The selected tensors; with ``low_rank`` also plans :attr:`low_rank_weights`."""
+        self.low_rank_weights: Tuple[LowRankWeight, ...] = ()
+        if not options.low_rank:
+            return select(specs, targets=options.targets, exclude=options.exclude, model_name=model_name).chosen
+        selection, self.low_rank_weights = select_low_rank(
+            specs, targets=options.targets, exclude=options.exclude, rank=options.low_rank, convention="torch",
+            model_name=model_name,
+        )  # fmt: skip
+        return selection.chosen
+
+    def _target_inits(self, specs: List[ParamSpec], chosen: Tuple[ParamSpec, ...]) -> Tuple[TargetInit, ...]:
+        """Each slot's hyperfan target: its layer's own default init (:mod:`hypernn.default_inits`)."""
+        shapes = {n: s.shape for s in specs for n in s.names}
+        inits = [target_init(s, convention="torch", shapes=shapes, measure=measure) for s in chosen]
+        if not self.low_rank_weights:
+            return tuple(inits)
+        return tuple(t for weight, init in zip(self.low_rank_weights, inits) for t in factor_inits(weight, init))
+
+    def _start_values(self, chosen: Tuple[ParamSpec, ...]) -> Dict[str, torch.Tensor]:
+        """Warm start: each slot's values at step 0 (the model's weights; a zero ``A`` factor)."""
+        if not self.low_rank_weights:
+            return {s.name: s.value for s in chosen}
+        return {w.factor_names[0]: torch.zeros(w.factor_shapes[0]) for w in self.low_rank_weights}
+
+    def _adapt(self, target: nn.Module) -> Tuple[Adapted, ...]:
+        """Freeze each low-rank ``W0``; an ``nn.Linear`` called normally gets factor slots."""
+        adapted = []
+        chains = {s.name: s.module_chains[0] for s in self.selection.chosen}
+        for weight in self.low_rank_weights:
+            owner_name = weight.name.rpartition(".")[0]
+            owner = target.get_submodule(owner_name)
+            target.get_parameter(weight.name).requires_grad_(False)
+            inside_attention = any(issubclass(t, nn.MultiheadAttention) for _, t in chains[weight.name])
+            factored = type(owner).forward is nn.Linear.forward and not weight.aliases and not inside_attention
+            if factored:
+                add_low_rank_slots(owner)
+            adapted.append(Adapted(weight, owner_name, factored))
+        return tuple(adapted)
 
     def _check_forward_arguments(self, model: nn.Module, options: HypernetizeOptions) -> None:
         check_reserved(model.forward, f"{type(model).__name__}.forward")
@@ -151,8 +212,9 @@ class HypernetizedModule(nn.Module):
             raise OptionTypeError(f"`{argument}` must return a torch.nn.Module; it returned {type(module).__name__}.")
         return module
 
-    def _probe(self) -> None:
-        """Run the new modules once (eval mode, no grad) to check their output shapes."""
+    def _probe(self) -> torch.Tensor:
+        """Run the new modules once (eval mode, no grad) to check their output shapes;
+        returns the raw output (which the hyperfan init measures)."""
         with torch.no_grad(), _eval_mode(self):
             try:
                 chunks, lead = self._probe_chunks()
@@ -163,6 +225,7 @@ class HypernetizedModule(nn.Module):
                     f"({self.num_embeddings}, {self.generator_input_dim}) to ({self.num_embeddings}, {self.weight_chunk_dim})."
                 ) from err
         self._check_chunks(chunks, lead)
+        return chunks
 
     def _probe_chunks(self) -> Tuple[torch.Tensor, Tuple[int, ...]]:
         return self.weight_generator(self.embedding_module(self._embedding_index)), ()
@@ -197,7 +260,12 @@ class HypernetizedModule(nn.Module):
         embedding = self.embedding_module(self._embedding_index)
         chunks = self.weight_generator(embedding)
         self._check_chunks(chunks)
-        return chunks.reshape(-1), {"embedding": embedding}
+        return self.start_map(chunks.reshape(-1)), {"embedding": embedding}
+
+    def start_map(self, raw: torch.Tensor) -> torch.Tensor:
+        """The fixed map from the generator's raw flat output to generated values
+        (:attr:`output_affine`: hyperfan scale, warm start; identity with ``init="default"``)."""
+        return raw if self.output_affine is None else self.output_affine(raw)
 
     def assert_parameter_shapes(self, generated_params: Any) -> None:
         """Raise a clear error unless ``generated_params`` fits :attr:`layout`."""
@@ -229,13 +297,42 @@ class HypernetizedModule(nn.Module):
                 tensors[alias] = tensor
         return tensors
 
+    def target_tensors(self, generated_params: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """What the target runs with: :meth:`unflatten`, then low-rank factors turned into
+        weights or per-layer factors (:mod:`hypernn.transform.torch.low_rank`)."""
+        tensors = self.unflatten(generated_params)
+        return compose(self.target_network, tensors, self._adapted, self.low_rank_scale) if self._adapted else tensors
+
+    def target_tensor_names(self) -> Dict[str, str]:
+        """The names :meth:`target_tensors` gives, each mapped to its canonical name."""
+        adapted = {name for item in self._adapted for name in item.weight.factor_names}
+        names = {n: slot.name for slot in self.layout.slots if slot.name not in adapted for n in (slot.name,) + slot.aliases}
+        for item in self._adapted:
+            prefix = f"{item.owner}." if item.owner else ""
+            weight = item.weight
+            given = (prefix + "lora_A", prefix + "lora_B") if item.factored else (weight.name,) + weight.aliases
+            names.update({n: n if item.factored else weight.name for n in given})
+        return names
+
+    def merged_tensors(self, generated_params: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The generated tensors by their names in the model, low-rank weights merged
+        (``W0 + scale * A @ B``)."""
+        tensors = self.unflatten(generated_params)
+        for item in self._adapted:
+            name_a, name_b = item.weight.factor_names
+            w0 = self.target_network.get_parameter(item.weight.name)
+            weight = merged_weight(w0, tensors.pop(name_a), tensors.pop(name_b), self.low_rank_scale)
+            tensors.update({name: weight for name in (item.weight.name,) + item.weight.aliases})
+        return tensors
+
     def generated_state_dict(self, **generate_params_kwargs: Any) -> Dict[str, torch.Tensor]:
-        """The generated tensors, detached, by their names in the original model.
+        """The generated tensors, detached, by their names in the original model (low-rank
+        weights merged).
 
         Ready for ``model.load_state_dict(hnet.generated_state_dict(), strict=False)``.
         """
         flat, _ = self.generate_params(**generate_params_kwargs)
-        return {name: tensor.detach() for name, tensor in self.unflatten(flat).items()}
+        return {name: tensor.detach() for name, tensor in self.merged_tensors(flat).items()}
 
     # ------------------------------------------------------------ running
 
@@ -245,7 +342,7 @@ class HypernetizedModule(nn.Module):
         """Run the target network with ``generated_params`` in place of the selected tensors."""
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
-        tensors = self.unflatten(generated_params)
+        tensors = self.target_tensors(generated_params)
         try:
             return functional_call(self.target_network, tensors, args, kwargs, tie_weights=False, strict=False)
         finally:
@@ -278,17 +375,48 @@ class HypernetizedModule(nn.Module):
         The inverse of hypernetization (like PEFT's ``merge_and_unload``): the result is an
         instance of the original model class, independent of this hypernetwork.
         """
-        model = copy_without(self.target_network, [])
         generated = self.generated_state_dict(**generate_params_kwargs)
-        for slot in self.layout.slots:
-            parameter = nn.Parameter(generated[slot.name].clone())
-            for name in (slot.name,) + slot.aliases:
+        return self._baked(generated)
+
+    def _baked(self, generated: Mapping[str, torch.Tensor]) -> nn.Module:
+        """A copy of the target with ``generated`` (by model names) as its parameters."""
+        model = copy_without(self.target_network, [])
+        tensors = self.low_rank_weights or self.layout.slots
+        for item in self._adapted:
+            remove_low_rank_slots(model.get_submodule(item.owner))
+        for tensor in tensors:
+            parameter = nn.Parameter(generated[tensor.name].clone())
+            for name in (tensor.name,) + tensor.aliases:
                 owner_name, _, attribute = name.rpartition(".")
-                model.get_submodule(owner_name).register_parameter(attribute, parameter)
+                owner = model.get_submodule(owner_name)
+                owner._parameters.pop(attribute, None)
+                owner.register_parameter(attribute, parameter)
         for owner_name in self._stateful_owners:
             untrack_generated_weights(model.get_submodule(owner_name))
         refresh_derived_state(model, self._stateful_owners)
         return model
+
+    # ------------------------------------------------------------ diagnostics
+
+    def summary(self, **generate_params_kwargs: Any) -> HypernetworkSummary:
+        """Per generated tensor: name, shape, chunks, generated mean/std now vs the target
+        layer's own init; totals: model parameters, trainable hypernetwork parameters,
+        compression ratio. ``print(hnet.summary())`` shows a table."""
+        with torch.no_grad():
+            flat, _ = self.generate_params(**generate_params_kwargs)
+        return self._summary(flat, "")
+
+    def _summary(self, flat: torch.Tensor, note: str) -> HypernetworkSummary:
+        settings = f"init={self.init_scheme!r}, warm_start={self.warm_start}"
+        if self.low_rank:
+            settings += f", low_rank={self.low_rank} (scale {self.low_rank_scale:g})"
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        return summarize(
+            self.layout, numpy_of(flat), self.target_inits, model_name=self.selection.model_name,
+            target_params=self.num_model_parameters, hypernetwork_params=trainable, settings=settings + note,
+            frozen_params=frozen, replaced_values=sum(w.size for w in self.low_rank_weights),
+        )  # fmt: skip
 
     # ------------------------------------------------------------ checkpoints
 
@@ -322,8 +450,9 @@ class HypernetizedModule(nn.Module):
         layout = self.layout
         names = [slot.name for slot in layout.slots]
         shown = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)" if len(names) > 6 else "")
+        low_rank = f", low_rank={self.low_rank}" if self.low_rank else ""
         return (
             f"layout={layout.kind!r}, num_embeddings={layout.num_chunks}, embedding_dim={self.embedding_dim}, "
-            f"chunk_dim={layout.chunk_dim}, generated {layout.num_params} values ({layout.unused} unused) "
-            f"for [{shown}]"
+            f"chunk_dim={layout.chunk_dim}, init={self.init_scheme!r}, warm_start={self.warm_start}{low_rank}, "
+            f"generated {layout.num_params} values ({layout.unused} unused) for [{shown}]"
         )

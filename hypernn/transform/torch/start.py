@@ -1,0 +1,88 @@
+"""Where generated torch weights start: the :mod:`hypernn.init` affine map as a module.
+
+    >>> import torch
+    >>> from hypernn.layout import plan_layout
+    >>> from hypernn.default_inits import TargetInit
+    >>> layout = plan_layout([("w", (4, 25)), ("b", (4,))], kind="global", num_embeddings=4)
+    >>> raw = torch.randn(layout.generated_size)
+    >>> affine = build_output_affine(layout, raw, [TargetInit(0.2), TargetInit(0.0)], init="hyperfan")
+    >>> round(affine(raw)[:100].std(unbiased=False).item(), 4)
+    0.2
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...default_inits import TargetInit
+from ...init import piece_slots, plan_output_affine
+from ...layout import Layout
+
+__all__ = ["OutputAffine", "build_output_affine", "measure", "numpy_of"]
+
+
+def numpy_of(tensor: torch.Tensor) -> np.ndarray:
+    """A float64 NumPy copy of ``tensor`` (any device or dtype)."""
+    return tensor.detach().to("cpu", torch.float64).numpy()
+
+
+def measure(tensor: torch.Tensor) -> Tuple[float, float]:
+    """``(mean, std)`` of a tensor's values (population std), for unknown layers."""
+    values = numpy_of(tensor)
+    return float(values.mean()), float(values.std())
+
+
+class OutputAffine(nn.Module):
+    """``flat = (base if warm start else shift) + scale * raw`` on the generator's flat output.
+
+    Attributes:
+        scale, shift: per generated tensor (buffers, saved with the hypernetwork).
+        base: with warm start, the full ``(generated_size,)`` offset (a frozen parameter,
+            like PEFT's base weights); else ``None``.
+    """
+
+    def __init__(self, layout: Layout, scales: Sequence[float], shifts: Sequence[float],
+                 base: Optional[np.ndarray], *, dtype: torch.dtype, device: Any):  # fmt: skip
+        super().__init__()
+        sizes, slots = piece_slots(layout)
+        placement = dict(dtype=dtype, device=device)
+        self.register_buffer("scale", torch.tensor(scales, **placement))
+        self.register_buffer("shift", torch.tensor(shifts, **placement))
+        self.register_buffer("_piece_sizes", torch.tensor(sizes, dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("_piece_slots", torch.tensor(slots, dtype=torch.int64, device=device), persistent=False)
+        self.generated_size = layout.generated_size
+        base_tensor = None if base is None else nn.Parameter(torch.tensor(base, **placement), requires_grad=False)
+        self.register_parameter("base", base_tensor)
+
+    def per_element(self, values: torch.Tensor, gap: float) -> torch.Tensor:
+        """A per-tensor vector spread over the flat output (``gap`` in unused places)."""
+        extended = torch.cat([values, values.new_full((1,), gap)])
+        return torch.repeat_interleave(extended[self._piece_slots], self._piece_sizes, output_size=self.generated_size)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        offset = self.base if self.base is not None else self.per_element(self.shift, 0.0)
+        return offset + self.per_element(self.scale, 1.0) * raw
+
+    def extra_repr(self) -> str:
+        return f"{len(self.scale)} tensors, {self.generated_size} values, warm start={self.base is not None}"
+
+
+def build_output_affine(
+    layout: Layout,
+    raw: torch.Tensor,
+    targets: Sequence[TargetInit],
+    *,
+    init: str,
+    start: Optional[Mapping[str, torch.Tensor]] = None,
+) -> Optional[OutputAffine]:
+    """The map for a generator whose raw flat output at construction is ``raw``;
+    ``None`` when nothing changes (``init="default"`` without warm start)."""
+    values = None if start is None else {name: numpy_of(t) for name, t in start.items()}
+    plan = plan_output_affine(layout, numpy_of(raw), targets, init=init, start=values)
+    if plan is None:
+        return None
+    return OutputAffine(layout, plan.scales, plan.shifts, plan.base, dtype=raw.dtype, device=raw.device)
