@@ -10,7 +10,7 @@ This module imports no framework; the backend is chosen from the model's type.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import OptionTypeError
 from ..options import HypernetizeOptions

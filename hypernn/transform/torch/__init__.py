@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, List
 
 from torch import nn
 
+from ...errors import UnsupportedModelError
+from ...export import check_no_variables, check_static
 from ...options import DYNAMIC_OPTIONS, INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
@@ -30,6 +32,28 @@ def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> Hypernetize
         return DynamicHypernetizedModule(model, **options.common_kwargs(), **options.dynamic_kwargs(),
                                          **options.start_kwargs())  # fmt: skip
     return HypernetizedModule(model, **options.common_kwargs(), **options.start_kwargs())
+
+
+def _unwrapped(hnet: Any) -> Any:
+    """The hypernetwork inside ``torch.compile`` (``_orig_mod``) or DDP/FSDP (``module``) wrappers."""
+    while not isinstance(hnet, HypernetizedModule) and isinstance(getattr(hnet, "_orig_mod", getattr(hnet, "module", None)), nn.Module):
+        hnet = getattr(hnet, "_orig_mod", None) or hnet.module
+    return hnet
+
+
+def materialize(hnet: nn.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> nn.Module:
+    """See :func:`hypernn.materialize`: a plain model of the original class."""
+    hypernetwork = _unwrapped(hnet)
+    if not isinstance(hypernetwork, HypernetizedModule):
+        raise UnsupportedModelError(
+            f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}, a plain model "
+            f"(there is nothing to materialize)."
+        )
+    check_no_variables(hypernetwork, variables, "torch")
+    if isinstance(hypernetwork, DynamicHypernetizedModule):
+        return hypernetwork.materialize(condition=condition, **generate_params_kwargs)
+    check_static(hypernetwork, condition)
+    return hypernetwork.materialize(**generate_params_kwargs)
 
 
 def param_specs(model: nn.Module) -> List[ParamSpec]:

@@ -154,7 +154,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         chunks = self.weight_generator(embedding)
         lead = tuple(vectors.shape[:-1])
         self._check_chunks(chunks, lead)
-        return chunks.reshape(*lead, -1), {"embedding": embedding, **aux}
+        return self.start_map(chunks.reshape(*lead, -1)), {"embedding": embedding, **aux}
 
     # ------------------------------------------------------------ running
 

@@ -143,6 +143,7 @@ class HypernetizedModule(nn.Module):
         del self._factories  # may hold lambdas; not needed after construction
         raw = self._probe()
         start = self._start_values(chosen) if self.warm_start else None
+        self.start_targets = self._start_targets(start) if start else self.target_inits
         self.output_affine = build_output_affine(self.layout, raw.reshape(-1), self.target_inits, init=options.init,
                                                  start=start)  # fmt: skip
         # Everything that can fail on user input has run: now the model (or its copy) changes.
@@ -176,6 +177,17 @@ class HypernetizedModule(nn.Module):
         if not self.low_rank_weights:
             return {s.name: s.value for s in chosen}
         return {w.factor_names[0]: torch.zeros(w.factor_shapes[0]) for w in self.low_rank_weights}
+
+    def _start_targets(self, start: Dict[str, torch.Tensor]) -> Tuple[TargetInit, ...]:
+        """What :meth:`summary` compares with: warm-started slots start at their values."""
+        targets = []
+        for slot, init in zip(self.layout.slots, self.target_inits):
+            if slot.name in start:
+                mean, std = measure(start[slot.name])
+                rule = "warm start: zero, so the delta starts at 0" if self.low_rank_weights else "warm start: the model's values"
+                init = TargetInit(std, mean, rule)
+            targets.append(init)
+        return tuple(targets)
 
     def _adapt(self, target: nn.Module) -> Tuple[Adapted, ...]:
         """Freeze each low-rank ``W0``; an ``nn.Linear`` called normally gets factor slots."""
@@ -413,7 +425,7 @@ class HypernetizedModule(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
         return summarize(
-            self.layout, numpy_of(flat), self.target_inits, model_name=self.selection.model_name,
+            self.layout, numpy_of(flat), self.start_targets, model_name=self.selection.model_name,
             target_params=self.num_model_parameters, hypernetwork_params=trainable, settings=settings + note,
             frozen_params=frozen, replaced_values=sum(w.size for w in self.low_rank_weights),
         )  # fmt: skip

@@ -52,7 +52,22 @@ def check_batch(x: torch.Tensor, batch: int, where: str, dim: int = 0) -> None:
 
 
 def linear(module: nn.Linear, params: Params, batched: Set[str], x: torch.Tensor) -> torch.Tensor:
-    """``y_i = x_i W_i^T + b_i`` with one ``bmm`` (``x`` of shape ``(B, ..., in)``)."""
+    """``y_i = x_i W_i^T + b_i`` with one ``bmm`` (``x`` of shape ``(B, ..., in)``); a
+    low-rank layer adds ``(x_i B_i^T) A_i^T`` without building ``W0 + A_i B_i``."""
+    if "lora_A" in batched:
+        return _linear(module, params, batched, x) + _low_rank_delta(params["lora_A"], params["lora_B"], x)
+    return _linear(module, params, batched, x)
+
+
+def _low_rank_delta(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(x_i @ B_i^T) @ A_i^T`` per sample, with two ``bmm``; ``A``: ``(B, out, r)``, ``B``: ``(B, r, in)``."""
+    batch = a.shape[0]
+    check_batch(x, batch, "nn.Linear")
+    flat = x.reshape(batch, -1, x.shape[-1])
+    return torch.bmm(torch.bmm(flat, b.transpose(1, 2)), a.transpose(1, 2)).reshape(*x.shape[:-1], -1)
+
+
+def _linear(module: nn.Linear, params: Params, batched: Set[str], x: torch.Tensor) -> torch.Tensor:
     weight, bias = params["weight"], params.get("bias")
     if "weight" not in batched:
         out = F.linear(x, weight)
