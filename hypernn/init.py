@@ -26,6 +26,13 @@ passes through a fixed, per-tensor affine map before it is cut into tensors::
 ``scale`` and ``shift`` are per tensor (a few numbers, saved with the hypernetwork);
 ``base`` is a full vector (the model's weights). Unused (padding) values pass through.
 
+A fixed multiplier after the generator also scales how fast an optimiser such as Adam
+moves the generated weights (its steps are normalised in the generator's parameters, then
+multiplied by ``scale``). So backends first fold the :func:`common_scale` (the
+size-weighted geometric mean of the per-tensor scales) into the *parameters* of the
+generator's last linear layer, as Chang et al.'s hyperfan init does, and the map keeps
+only each tensor's ratio to it, close to 1 for most values.
+
     >>> import numpy as np
     >>> from hypernn.layout import plan_layout
     >>> from hypernn.default_inits import TargetInit
@@ -47,7 +54,7 @@ import numpy as np
 from .default_inits import TargetInit
 from .layout import Layout
 
-__all__ = ["CONSTANT_STD", "INITS", "OutputAffine", "piece_slots", "plan_output_affine", "slot_values"]
+__all__ = ["CONSTANT_STD", "INITS", "OutputAffine", "common_scale", "piece_slots", "plan_output_affine", "slot_values"]
 
 INITS = ("hyperfan", "default")
 
@@ -111,6 +118,17 @@ def _calibrate(layout: Layout, raw: np.ndarray, targets: Sequence[TargetInit]) -
         scales.append(scale)
         shifts.append(target.mean - scale * float(values.mean()))
     return scales, shifts
+
+
+def common_scale(layout: Layout, raw: np.ndarray, targets: Sequence[TargetInit]) -> float:
+    """The size-weighted geometric mean of the hyperfan scales: the part of the map that a
+    backend may fold into the generator's last linear layer (see the module docstring)."""
+    raw = np.asarray(raw, dtype=np.float64).reshape(-1)
+    scales, _ = _calibrate(layout, raw, targets)
+    sizes = [slot.size for slot in layout.slots]
+    if not sum(sizes):
+        return 1.0
+    return float(np.exp(sum(n * np.log(s) for n, s in zip(sizes, scales)) / sum(sizes)))
 
 
 def plan_output_affine(

@@ -141,6 +141,42 @@ def test_dynamic_hypernetwork_starts_at_the_init_std_for_any_film_condition():
     assert abs(weight.std().item() / torch_reference_std(model, "0.weight") - 1) < 0.25
 
 
+def recording(make):
+    """A generator factory that remembers the module it built and its initial parameters."""
+    record = {}
+
+    def factory(embedding_dim, chunk_dim):
+        record["module"] = module = make(embedding_dim, chunk_dim)
+        record["initial"] = [p.detach().clone() for p in module.parameters()]
+        return module
+
+    return factory, record
+
+
+def test_the_common_scale_is_folded_into_the_generators_last_linear_layer():
+    factory, record = recording(lambda d, c: nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, c)))
+    hnet = hypernetize(Net(), embedding_dim=8, num_embeddings=40, layout="per_tensor", generator_factory=factory)
+    first_w, first_b, last_w, last_b = record["initial"]
+    module = record["module"]
+    assert torch.equal(module[0].weight, first_w) and torch.equal(module[0].bias, first_b)
+    factor = (module[2].weight / last_w).mean()
+    assert_close(module[2].weight, factor * last_w) and assert_close(module[2].bias, factor * last_b)
+    sizes = torch.tensor([slot.size for slot in hnet.layout.slots], dtype=torch.float64)
+    log_scales = hnet.output_affine.scale.double().log()
+    assert abs((sizes * log_scales).sum() / sizes.sum()) < 1e-4, "what is left per tensor averages to 1"
+    assert factor < 0.9  # the raw outputs are larger than these layers' inits
+
+
+def test_a_generator_whose_output_is_not_linear_in_its_last_layer_keeps_its_parameters():
+    factory, record = recording(lambda d, c: nn.Sequential(nn.Linear(d, c), nn.Tanh()))
+    model = Net()
+    hnet = hypernetize(model, embedding_dim=8, num_embeddings=40, layout="per_tensor", generator_factory=factory)
+    for p, initial in zip(record["module"].parameters(), record["initial"]):
+        assert torch.equal(p, initial)
+    ratio = generated(hnet)["fc1.weight"].std(unbiased=False).item() / torch_reference_std(model, "fc1.weight")
+    assert abs(ratio - 1) < 0.25, "the per-tensor map alone still starts at the init std"
+
+
 def test_hyperfan_trains():
     model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 2))
     hnet = hypernetize(model, embedding_dim=4, num_embeddings=8)

@@ -28,6 +28,7 @@ from ...errors import (
 from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...checkpoint import check_checkpoint, strip_wrapper_prefixes
 from ...default_inits import TargetInit, target_init
+from ...init import common_scale
 from ...layout import Layout, plan_layout
 from ...lowrank import LowRankWeight, factor_entries, factor_inits, select_low_rank
 from ...options import HypernetizeOptions
@@ -37,7 +38,7 @@ from ...summary import HypernetworkSummary, summarize
 from . import factories
 from .introspect import copy_without, param_specs, refresh_derived_state, remove_parameters, untrack_generated_weights
 from .low_rank import Adapted, add_low_rank_slots, compose, merged_weight, remove_low_rank_slots
-from .start import build_output_affine, measure, numpy_of
+from .start import build_output_affine, fold_common_scale, measure, numpy_of
 
 __all__ = ["RESERVED_KEYWORDS", "HypernetizedModule"]
 
@@ -142,6 +143,9 @@ class HypernetizedModule(nn.Module):
         self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=reference.device), persistent=False)
         del self._factories  # may hold lambdas; not needed after construction
         raw = self._probe()
+        if options.init == "hyperfan":  # the common part of the scales goes into the generator's parameters
+            factor = common_scale(self.layout, numpy_of(raw), self.target_inits)
+            raw = fold_common_scale(self.weight_generator, self.weight_chunk_dim, factor, raw, self._probe)
         start = self._start_values(chosen) if self.warm_start else None
         self.start_targets = self._start_targets(start) if start else self.target_inits
         self.output_affine = build_output_affine(self.layout, raw.reshape(-1), self.target_inits, init=options.init,

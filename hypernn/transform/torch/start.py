@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from ...default_inits import TargetInit
 from ...init import piece_slots, plan_output_affine
 from ...layout import Layout
 
-__all__ = ["OutputAffine", "build_output_affine", "measure", "numpy_of"]
+__all__ = ["OutputAffine", "build_output_affine", "fold_common_scale", "measure", "numpy_of"]
 
 
 def numpy_of(tensor: torch.Tensor) -> np.ndarray:
@@ -69,6 +69,34 @@ class OutputAffine(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{len(self.scale)} tensors, {self.generated_size} values, warm start={self.base is not None}"
+
+
+def _last_linear(generator: nn.Module, chunk_dim: int) -> Optional[nn.Linear]:
+    """The generator's last ``nn.Linear`` with ``chunk_dim`` outputs (in module order)."""
+    layers = [m for m in generator.modules() if isinstance(m, nn.Linear) and m.out_features == chunk_dim]
+    return layers[-1] if layers else None
+
+
+@torch.no_grad()
+def fold_common_scale(generator: nn.Module, chunk_dim: int, factor: float, raw: torch.Tensor,
+                      probe: Callable[[], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """Multiply the weight and bias of the generator's last linear layer by ``factor`` when
+    that scales its output by ``factor`` (checked by running ``probe`` again; otherwise the
+    layer is restored); returns the raw output the generator now gives."""
+    layer = _last_linear(generator, chunk_dim)
+    if layer is None or factor == 1.0:
+        return raw
+    params = [p for p in (layer.weight, layer.bias) if p is not None]
+    saved = [p.clone() for p in params]
+    for p in params:
+        p.mul_(factor)
+    scaled = probe()
+    tolerance = 100 * torch.finfo(raw.dtype).eps
+    if torch.allclose(scaled, factor * raw, rtol=tolerance, atol=tolerance * factor * float(raw.abs().max())):
+        return scaled
+    for p, value in zip(params, saved):  # the output is not linear in that layer: keep the affine map only
+        p.copy_(value)
+    return raw
 
 
 def build_output_affine(
