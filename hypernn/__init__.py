@@ -42,7 +42,9 @@ _LAZY = {
     "HypernetizedModule": "torch",
     "DynamicHypernetizedModule": "torch",
     "HypernetizedNNX": "nnx",
+    "DynamicHypernetizedNNX": "nnx",
     "HypernetizedLinen": "linen",
+    "DynamicHypernetizedLinen": "linen",
 }
 
 

@@ -27,8 +27,6 @@ __all__ = ["BACKEND_SPECIFIC", "DYNAMIC_OPTIONS", "INIT_OPTIONS", "HypernetizeOp
 #: options only some backends use -> the models they are for
 BACKEND_SPECIFIC = {
     "example_inputs": "flax linen", "init_kwargs": "flax linen", "variables": "flax linen", "rngs": "flax NNX",
-    # dynamic hypernetworks: torch so far
-    "condition_dim": "torch", "num_conditions": "torch", "condition_factory": "torch", "condition_keyword": "torch",
     # warm start and low-rank deltas: torch so far
     "warm_start": "torch", "low_rank": "torch", "low_rank_scale": "torch",
 }  # fmt: skip
@@ -202,10 +200,10 @@ class HypernetizeOptions:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     def common_kwargs(self) -> Dict[str, Any]:
-        """The options every backend takes (without backend-specific ones and without
-        :data:`INIT_OPTIONS`, which backends that support them take from :meth:`start_kwargs`)."""
+        """The options every backend takes (without backend-specific ones, the dynamic ones
+        (see :meth:`dynamic_kwargs`) and :data:`INIT_OPTIONS` (see :meth:`start_kwargs`))."""
         kwargs = self.as_kwargs()
-        for name in {*BACKEND_SPECIFIC, *INIT_OPTIONS}:
+        for name in {*BACKEND_SPECIFIC, *DYNAMIC_OPTIONS, *INIT_OPTIONS}:
             del kwargs[name]
         return kwargs
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...errors import UnsupportedModelError
 from ...export import check_no_variables, check_static
-from ...options import DYNAMIC_OPTIONS, INIT_OPTIONS, HypernetizeOptions
+from ...options import INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
 from .dynamic import DynamicHypernetizedModule as DynamicHypernetizedModule
@@ -27,7 +27,7 @@ from .module import HypernetizedModule as HypernetizedModule
 
 def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedModule:
     """Build a :class:`HypernetizedModule` for ``model`` from validated ``options``."""
-    options.reject_unused("torch", used=DYNAMIC_OPTIONS + INIT_OPTIONS)
+    options.reject_unused("torch", used=INIT_OPTIONS)
     if options.dynamic:
         return DynamicHypernetizedModule(model, **options.common_kwargs(), **options.dynamic_kwargs(),
                                          **options.start_kwargs())  # fmt: skip
