@@ -47,14 +47,15 @@ only each tensor's ratio to it, close to 1 for most values.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .default_inits import TargetInit
 from .layout import Layout
 
-__all__ = ["CONSTANT_STD", "INITS", "OutputAffine", "common_scale", "piece_slots", "plan_output_affine", "slot_values"]
+__all__ = ["CONSTANT_STD", "INITS", "OutputAffine", "calibrate", "common_scale", "common_scale_of", "piece_slots",
+           "plan_output_affine", "slot_values"]
 
 INITS = ("hyperfan", "default")
 
@@ -98,37 +99,50 @@ class OutputAffine:
         return offset + self.per_element(self.scales, 1.0) * raw
 
 
-def _spread(values: np.ndarray, fallback: float) -> float:
-    std = float(values.std()) if values.size > 1 else 0.0
-    return std if std > 0 else fallback
+def calibrate(layout: Layout, raw: Any, targets: Sequence[TargetInit], xp: Any = np) -> Tuple[Any, Any]:
+    """Per-slot ``(scales, shifts)`` (arrays) that give each slot its target mean and std.
+
+    Written with array operations only (no branching on values), so ``xp`` may be
+    ``numpy`` or ``jax.numpy`` (traced inside a linen ``init``).
+    """
+    pieces = slot_values(layout, raw)
+    nonempty = [p for p in pieces if p.size > 0]
+    overall = xp.std(xp.concatenate(nonempty)) if nonempty else xp.zeros((), raw.dtype)
+    scales, shifts = [], []
+    for values, target in zip(pieces, targets):
+        if values.size == 0:  # nothing to measure: leave the tensor as generated
+            scales.append(xp.ones((), raw.dtype))
+            shifts.append(xp.zeros((), raw.dtype))
+            continue
+        own = xp.std(values) if values.size > 1 else xp.zeros((), raw.dtype)
+        spread = xp.where(own > 0, own, overall)  # one value, or constant values: the whole spread
+        measurable = spread > 0
+        wanted = target.std if target.std > 0 else CONSTANT_STD
+        scale = xp.where(measurable, wanted / xp.where(measurable, spread, 1.0), 1.0)
+        scales.append(scale)
+        shifts.append(xp.where(measurable, target.mean - scale * xp.mean(values), 0.0))
+    return xp.stack(scales), xp.stack(shifts)
 
 
 def _calibrate(layout: Layout, raw: np.ndarray, targets: Sequence[TargetInit]) -> Tuple[List[float], List[float]]:
-    pieces = slot_values(layout, raw)
-    used = np.concatenate(pieces) if pieces else raw
-    overall = _spread(used, 0.0)
-    scales, shifts = [], []
-    for values, target in zip(pieces, targets):
-        spread = _spread(values, overall)
-        if values.size == 0 or spread == 0:  # nothing to measure: leave the tensor as generated
-            scales.append(1.0)
-            shifts.append(0.0)
-            continue
-        scale = (target.std if target.std > 0 else CONSTANT_STD) / spread
-        scales.append(scale)
-        shifts.append(target.mean - scale * float(values.mean()))
-    return scales, shifts
+    scales, shifts = calibrate(layout, raw, targets)
+    return [float(s) for s in scales], [float(s) for s in shifts]
+
+
+def common_scale_of(layout: Layout, scales: Any, xp: Any = np) -> Any:
+    """The size-weighted geometric mean of per-slot ``scales``."""
+    sizes = [slot.size for slot in layout.slots]
+    if not sum(sizes):
+        return xp.ones(())
+    return xp.exp(sum(n * xp.log(s) for n, s in zip(sizes, scales)) / sum(sizes))
 
 
 def common_scale(layout: Layout, raw: np.ndarray, targets: Sequence[TargetInit]) -> float:
     """The size-weighted geometric mean of the hyperfan scales: the part of the map that a
     backend may fold into the generator's last linear layer (see the module docstring)."""
     raw = np.asarray(raw, dtype=np.float64).reshape(-1)
-    scales, _ = _calibrate(layout, raw, targets)
-    sizes = [slot.size for slot in layout.slots]
-    if not sum(sizes):
-        return 1.0
-    return float(np.exp(sum(n * np.log(s) for n, s in zip(sizes, scales)) / sum(sizes)))
+    scales, _ = calibrate(layout, raw, targets)
+    return float(common_scale_of(layout, scales))
 
 
 def plan_output_affine(

@@ -15,7 +15,7 @@ from flax import nnx
 from ...specs import ParamSpec
 from ..jaxutil import dotted, dtype_name, is_floating
 
-__all__ = ["GeneratedSlot", "param_specs", "replace_with_slots", "slot_paths"]
+__all__ = ["FrozenWeight", "GeneratedSlot", "freeze_weights", "param_specs", "replace_with_slots", "slot_paths"]
 
 Path = Tuple[Any, ...]
 
@@ -26,6 +26,11 @@ class GeneratedSlot(nnx.Variable):
 
     Not an ``nnx.Param``, so optimizers and ``nnx.state(hnet, nnx.Param)`` skip it.
     """
+
+
+class FrozenWeight(nnx.Variable):
+    """A low-rank layer's frozen ``W0`` where its kernel was (``low_rank=``); each call puts
+    ``W0 + scale * (A @ B).T`` there. Not an ``nnx.Param``, so optimizers skip it."""
 
 
 def _variable_paths(model: nnx.Module) -> Tuple[Dict[int, List[Path]], Dict[int, nnx.Variable], Dict[Path, type]]:
@@ -57,7 +62,7 @@ def param_specs(model: nnx.Module) -> List[ParamSpec]:
     specs = []
     for key, variable_paths in paths.items():
         variable = variables[key]
-        if isinstance(variable, GeneratedSlot):
+        if isinstance(variable, (GeneratedSlot, FrozenWeight)):
             continue
         value = variable.get_value() if hasattr(variable, "get_value") else variable.value
         if not hasattr(value, "shape"):
@@ -114,6 +119,20 @@ def slot_paths(model: nnx.Module) -> Tuple[Tuple[Path, str], ...]:
     _, state = nnx.split(model)
     found = []
     for path, variable in nnx.to_flat_state(state):
-        if isinstance(variable, GeneratedSlot):
+        if isinstance(variable, (GeneratedSlot, FrozenWeight)):
             found.append((tuple(path), variable.get_metadata()["slot_name"]))
     return tuple(found)
+
+
+def freeze_weights(model: nnx.Module, specs: Sequence[ParamSpec]) -> None:
+    """Put one :class:`FrozenWeight` holding the current value where each Param of ``specs`` was."""
+    paths, _, _ = _variable_paths(model)
+    by_name = {dotted(p): p for variable_paths in paths.values() for p in variable_paths}
+    for spec in specs:
+        frozen = FrozenWeight(spec.value, slot_name=spec.name)
+        for name in spec.names:
+            owner, key = _owner_and_key(model, by_name[name])
+            if isinstance(key, int):
+                owner[key] = frozen
+            else:
+                setattr(owner, key, frozen)

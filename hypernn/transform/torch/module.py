@@ -28,14 +28,14 @@ from ...errors import (
 )
 from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...checkpoint import check_checkpoint, strip_wrapper_prefixes
-from ...default_inits import TargetInit, target_init
 from ...init import common_scale
 from ...layout import Layout, plan_layout
-from ...lowrank import LowRankWeight, factor_entries, factor_inits, select_low_rank
+from ...lowrank import LowRankWeight, factor_entries, select_low_rank
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
 from ...specs import ParamSpec
 from ...summary import HypernetworkSummary, summarize
+from ...targets import slot_targets, start_targets, start_values
 from . import factories
 from .reuse import GeneratedWeightsCache, can_reuse
 from .swap import ParameterSlots
@@ -131,7 +131,7 @@ class HypernetizedModule(nn.Module):
         self.selection = Selection(tuple(s.without_value() for s in chosen), type(model).__name__)
         self.init_scheme, self.warm_start = options.init, options.starts_at_model
         self.low_rank, self.low_rank_scale = options.low_rank, float(options.low_rank_scale)
-        self.target_inits = self._target_inits(specs, chosen)
+        self.target_inits = slot_targets(specs, chosen, self.low_rank_weights, convention="torch", measure=measure)
         self.num_model_parameters = sum(s.size for s in specs if s.kind == "parameter")
         self.embedding_dim = self.generator_input_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
@@ -149,8 +149,9 @@ class HypernetizedModule(nn.Module):
         if options.init == "hyperfan":  # the common part of the scales goes into the generator's parameters
             factor = common_scale(self.layout, numpy_of(raw), self.target_inits)
             raw = fold_common_scale(self.weight_generator, self.weight_chunk_dim, factor, raw, self._probe)
-        start = self._start_values(chosen) if self.warm_start else None
-        self.start_targets = self._start_targets(start) if start else self.target_inits
+        start = start_values(chosen, self.low_rank_weights) if self.warm_start else None
+        self.start_targets = start_targets(self.layout, self.target_inits, start and {n: numpy_of(torch.as_tensor(v))
+                                           for n, v in start.items()}, low_rank=bool(self.low_rank_weights))  # fmt: skip
         self.output_affine = build_output_affine(self.layout, raw.reshape(-1), self.target_inits, init=options.init,
                                                  start=start)  # fmt: skip
         # Everything that can fail on user input has run: now the model (or its copy) changes.
@@ -170,31 +171,6 @@ class HypernetizedModule(nn.Module):
             model_name=model_name,
         )  # fmt: skip
         return selection.chosen
-
-    def _target_inits(self, specs: List[ParamSpec], chosen: Tuple[ParamSpec, ...]) -> Tuple[TargetInit, ...]:
-        """Each slot's hyperfan target: its layer's own default init (:mod:`hypernn.default_inits`)."""
-        shapes = {n: s.shape for s in specs for n in s.names}
-        inits = [target_init(s, convention="torch", shapes=shapes, measure=measure) for s in chosen]
-        if not self.low_rank_weights:
-            return tuple(inits)
-        return tuple(t for weight, init in zip(self.low_rank_weights, inits) for t in factor_inits(weight, init))
-
-    def _start_values(self, chosen: Tuple[ParamSpec, ...]) -> Dict[str, torch.Tensor]:
-        """Warm start: each slot's values at step 0 (the model's weights; a zero ``A`` factor)."""
-        if not self.low_rank_weights:
-            return {s.name: s.value for s in chosen}
-        return {w.factor_names[0]: torch.zeros(w.factor_shapes[0]) for w in self.low_rank_weights}
-
-    def _start_targets(self, start: Dict[str, torch.Tensor]) -> Tuple[TargetInit, ...]:
-        """What :meth:`summary` compares with: warm-started slots start at their values."""
-        targets = []
-        for slot, init in zip(self.layout.slots, self.target_inits):
-            if slot.name in start:
-                mean, std = measure(start[slot.name])
-                rule = "warm start: zero, so the delta starts at 0" if self.low_rank_weights else "warm start: the model's values"
-                init = TargetInit(std, mean, rule)
-            targets.append(init)
-        return tuple(targets)
 
     def _adapt(self, target: nn.Module) -> Tuple[Adapted, ...]:
         """Freeze each low-rank ``W0``; an ``nn.Linear`` called normally gets factor slots."""

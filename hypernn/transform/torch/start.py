@@ -109,7 +109,7 @@ def build_output_affine(
 ) -> Optional[OutputAffine]:
     """The map for a generator whose raw flat output at construction is ``raw``;
     ``None`` when nothing changes (``init="default"`` without warm start)."""
-    values = None if start is None else {name: numpy_of(t) for name, t in start.items()}
+    values = None if start is None else {name: numpy_of(torch.as_tensor(t)) for name, t in start.items()}
     plan = plan_output_affine(layout, numpy_of(raw), targets, init=init, start=values)
     if plan is None:
         return None

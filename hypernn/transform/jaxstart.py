@@ -1,0 +1,53 @@
+"""The start map (:mod:`hypernn.init`) and low-rank merging in JAX, for linen and NNX.
+
+    >>> import jax.numpy as jnp
+    >>> from hypernn.layout import plan_layout
+    >>> layout = plan_layout([("w", (2, 2)), ("b", (2,))], kind="per_tensor", chunk_dim=3)
+    >>> raw = jnp.arange(layout.generated_size, dtype=jnp.float32)
+    >>> start_map(raw, layout, jnp.array([2.0, 10.0]), jnp.array([0.0, 1.0]))
+    Array([ 0.,  2.,  4.,  6.,  4.,  5., 61., 71.,  8.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ..init import piece_slots
+from ..layout import Layout
+from ..lowrank import LowRankWeight
+
+__all__ = ["merged_kernel", "merge_low_rank", "per_element", "start_map"]
+
+
+def per_element(values: jax.Array, layout: Layout, gap: float) -> jax.Array:
+    """Per-slot ``values`` spread over the flat generated vector (``gap`` where unused)."""
+    sizes, slots = piece_slots(layout)
+    extended = jnp.concatenate([values, jnp.full((1,), gap, values.dtype)])
+    return jnp.repeat(extended[jnp.asarray(slots)], jnp.asarray(sizes), total_repeat_length=layout.generated_size)
+
+
+def start_map(raw: jax.Array, layout: Layout, scale: jax.Array, shift: jax.Array, base: Optional[jax.Array] = None) -> jax.Array:
+    """``(base if given else shift) + scale * raw`` per slot; leading (per-sample) dims kept."""
+    offset = base if base is not None else per_element(shift, layout, 0.0)
+    return (offset + per_element(scale, layout, 1.0) * raw).astype(raw.dtype)
+
+
+def merged_kernel(w0: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+    """A flax kernel ``(*window, in, out)`` plus ``scale * (A @ B).T`` laid out like it
+    (``A``: ``(..., out, r)``, ``B``: ``(..., r, in)``); leading dims kept."""
+    delta = jnp.swapaxes(jnp.matmul(a, b), -1, -2)
+    return w0 + scale * delta.reshape(*a.shape[:-2], *w0.shape)
+
+
+def merge_low_rank(tensors: Mapping[str, jax.Array], weights: Sequence[LowRankWeight], bases: Mapping[str, jax.Array],
+                   scale: float) -> Dict[str, Any]:  # fmt: skip
+    """Replace each weight's factors in ``tensors`` by its merged kernel (under all its names)."""
+    out = dict(tensors)
+    for weight in weights:
+        name_a, name_b = weight.factor_names
+        merged = merged_kernel(bases[weight.name], out.pop(name_a), out.pop(name_b), scale)
+        out.update({name: merged for name in (weight.name,) + weight.aliases})
+    return out
