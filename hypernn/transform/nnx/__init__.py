@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, List
 
 from flax import nnx
 
-from ...options import HypernetizeOptions
+from ...errors import UnsupportedModelError
+from ...export import check_no_variables, check_static
+from ...options import INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
 from .dynamic import DynamicHypernetizedNNX as DynamicHypernetizedNNX
@@ -27,10 +29,25 @@ from .module import HypernetizedNNX as HypernetizedNNX
 def hypernetize(model: nnx.Module, *, options: HypernetizeOptions) -> HypernetizedNNX:
     """Build a :class:`HypernetizedNNX` (a :class:`DynamicHypernetizedNNX` with
     ``condition_dim``/``num_conditions``) for ``model`` from validated ``options``."""
-    options.reject_unused("flax NNX", used=("rngs",))
+    options.reject_unused("flax NNX", used=("rngs",) + INIT_OPTIONS)
     if options.dynamic:
-        return DynamicHypernetizedNNX(model, **options.common_kwargs(), **options.dynamic_kwargs(), rngs=options.rngs)
-    return HypernetizedNNX(model, **options.common_kwargs(), rngs=options.rngs)
+        return DynamicHypernetizedNNX(model, **options.common_kwargs(), **options.dynamic_kwargs(),
+                                      **options.start_kwargs(), rngs=options.rngs)  # fmt: skip
+    return HypernetizedNNX(model, **options.common_kwargs(), **options.start_kwargs(), rngs=options.rngs)
+
+
+def materialize(hnet: nnx.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> nnx.Module:
+    """See :func:`hypernn.materialize`: a plain NNX module of the original class."""
+    if not isinstance(hnet, HypernetizedNNX):
+        raise UnsupportedModelError(
+            f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}, a plain model "
+            f"(there is nothing to materialize)."
+        )
+    check_no_variables(hnet, variables, "flax NNX")
+    if isinstance(hnet, DynamicHypernetizedNNX):
+        return hnet.materialize(condition=condition, **generate_params_kwargs)
+    check_static(hnet, condition)
+    return hnet.materialize(**generate_params_kwargs)
 
 
 def param_specs(model: nnx.Module) -> List[ParamSpec]:

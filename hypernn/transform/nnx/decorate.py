@@ -24,7 +24,7 @@ from typing import Any
 
 
 from ...errors import OptionTypeError, UnsupportedModelError
-from ...options import HypernetizeOptions
+from ...options import INIT_OPTIONS, HypernetizeOptions
 from .dynamic import DynamicHypernetizedNNX
 from .module import HypernetizedNNX
 
@@ -35,8 +35,8 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     """A ``HypernetizedNNX`` (or ``DynamicHypernetizedNNX``) subclass that builds ``cls(*args, **kwargs)`` and hypernetizes it."""
     if issubclass(cls, HypernetizedNNX):
         raise UnsupportedModelError(f"{cls.__name__} is already a hypernetwork class; decorate the model class itself.")
-    options.reject_unused("flax NNX", used=("rngs",))
-    kwargs = {**options.common_kwargs(), "inplace": True}
+    options.reject_unused("flax NNX", used=("rngs",) + INIT_OPTIONS)
+    kwargs = {**options.common_kwargs(), **options.start_kwargs(), "inplace": True}
     base = DynamicHypernetizedNNX if options.dynamic else HypernetizedNNX
     if options.dynamic:
         kwargs.update(options.dynamic_kwargs())

@@ -24,9 +24,10 @@ from ...errors import ConditionError, ConfigurationError, OptionTypeError, Unsup
 from ...options import HypernetizeOptions
 from ..jaxconditions import check_condition
 from ..jaxpersample import map_samples, with_sample_axis
-from ..jaxutil import check_chunks, check_generated_params, unflatten
+from ..jaxutil import check_chunks, check_generated_params
 from . import conditioning
 from .introspect import GeneratedSlot
+from ...summary import HypernetworkSummary
 from .module import _MERGE_COPY, HypernetizedNNX
 
 __all__ = ["DynamicHypernetizedNNX"]
@@ -116,7 +117,7 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
         chunks = self.weight_generator(embedding)
         lead = tuple(vectors.shape[:-1])
         check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.generator_input_dim, lead)
-        return chunks.reshape(*lead, -1), {"embedding": embedding, **aux}
+        return self.start_map(chunks.reshape(*lead, -1)), {"embedding": embedding, **aux}
 
     def assert_parameter_shapes(self, generated_params: Any) -> None:
         """Like the static check, but a ``(B, n)`` batch of vectors is valid too."""
@@ -134,7 +135,21 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
 
     def materialize(self, **generate_params_kwargs: Any) -> nnx.Module:
         """A plain copy of the model with the weights of one condition baked in."""
+        if generate_params_kwargs.get("condition") is None:
+            raise ConditionError(
+                "materializing a dynamic hypernetwork needs the condition whose weights to bake in: "
+                "`hnet.materialize(condition=c)` (or `hypernn.materialize(hnet, condition=c)`)."
+            )
         return self._merged(self._one_weight_set(generate_params_kwargs, "materialize"), nnx.Param)
+
+    def summary(self, **generate_params_kwargs: Any) -> HypernetworkSummary:
+        """Like the static summary, for one condition (default: the zero condition, or id 0)."""
+        note = ""
+        if generate_params_kwargs.get("condition") is None:
+            zero = jnp.zeros((), jnp.int32) if self.num_conditions is not None else jnp.zeros((self.condition_dim,))
+            generate_params_kwargs["condition"] = zero
+            note = ", at condition id 0" if self.num_conditions is not None else ", at the zero condition"
+        return self._summary(self._one_weight_set(generate_params_kwargs, "summary"), note)
 
     # ------------------------------------------------------------ running
 
@@ -164,7 +179,7 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
             output = model(*sample_args, **sample_kwargs)
             return output, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, GeneratedSlot, nnx.RngKey)))
 
-        output, updated = map_samples(run, (unflatten(generated_params, self.layout), batched_keys), args, kwargs,
+        output, updated = map_samples(run, (self.target_tensors(generated_params), batched_keys), args, kwargs,
                                       batch=batch, shared=rest)  # fmt: skip
         nnx.update(self.target_network, _merge_sample_state(updated))
         return output

@@ -17,16 +17,24 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ...calling import call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...errors import GeneratorOutputError, OptionTypeError, UnsupportedModelError
+from ...init import common_scale
 from ...layout import Layout, plan_layout
+from ...lowrank import LowRankWeight, factor_entries, select_low_rank
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
+from ...specs import ParamSpec
+from ...summary import HypernetworkSummary, summarize
+from ...targets import slot_targets, start_targets, start_values
+from ..jaxstart import merge_low_rank
 from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import factories
-from .introspect import GeneratedSlot, param_specs, replace_with_slots, slot_paths
+from .introspect import FrozenWeight, GeneratedSlot, freeze_weights, param_specs, replace_with_slots, slot_paths
+from .start import build_output_affine, fold_common_scale, measure
 
 __all__ = ["HypernetizedNNX"]
 
@@ -78,11 +86,16 @@ class HypernetizedNNX(nnx.Module):
         generator_factory: Optional[Callable[..., nnx.Module]] = None,
         inplace: bool = False,
         rngs: Optional[nnx.Rngs] = None,
+        init: str = "hyperfan",
+        warm_start: Optional[bool] = None,
+        low_rank: Optional[int] = None,
+        low_rank_scale: float = 1.0,
     ):
         options = HypernetizeOptions(
             embedding_dim=embedding_dim, num_embeddings=num_embeddings, chunk_dim=chunk_dim, layout=layout,
             targets=targets, exclude=exclude, embedding_factory=embedding_factory,
-            generator_factory=generator_factory, inplace=inplace,
+            generator_factory=generator_factory, inplace=inplace, init=init, warm_start=warm_start,
+            low_rank=low_rank, low_rank_scale=low_rank_scale,
         )  # fmt: skip
         self._build(model, options, rngs)
 
@@ -90,10 +103,16 @@ class HypernetizedNNX(nnx.Module):
         _check_model(model, rngs)
         self._check_call_arguments(model, options)
         name = type(model).__name__
-        chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude, model_name=name).chosen
-        self.layout: Layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
+        specs = param_specs(model)
+        chosen = self._select(specs, options, name)
+        entries = factor_entries(self.low_rank_weights) if options.low_rank else chosen
+        self.layout: Layout = plan_layout(entries, kind=options.layout, num_embeddings=options.num_embeddings,
                                           chunk_dim=options.chunk_dim)  # fmt: skip
         self.selection = Selection(tuple(s.without_value() for s in chosen), name)
+        self.init_scheme, self.warm_start = options.init, options.starts_at_model
+        self.low_rank, self.low_rank_scale = options.low_rank, float(options.low_rank_scale)
+        self.target_inits = slot_targets(specs, chosen, self.low_rank_weights, convention="flax", measure=measure)
+        self.num_model_parameters = sum(s.size for s in specs if s.kind == "parameter")
         self.embedding_dim = self.generator_input_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
@@ -104,15 +123,46 @@ class HypernetizedNNX(nnx.Module):
         weight_generator = self._checked_module(self.make_weight_generator(rngs), "generator_factory")
         del self._factories
         self._probe(embedding_module, weight_generator, extra)
+        output_affine = self._start(options, chosen, embedding_module, weight_generator, extra)
         # Everything that can fail on user input has run: now change state.
         target = model if options.inplace else nnx.merge(*nnx.split(model), **_MERGE_COPY)
-        replace_with_slots(target, chosen)
+        replace_with_slots(target, [] if options.low_rank else chosen)
+        freeze_weights(target, chosen if options.low_rank else [])
         for attribute, module in extra.items():
             setattr(self, attribute, module)
         self.embedding_module = embedding_module
         self.weight_generator = weight_generator
+        self.output_affine = output_affine
         self.target_network = target
         self._slot_paths = slot_paths(target)
+
+    def _select(self, specs: Any, options: HypernetizeOptions, model_name: str) -> Tuple[ParamSpec, ...]:
+        """The selected tensors; with ``low_rank`` also plans :attr:`low_rank_weights`."""
+        self.low_rank_weights: Tuple[LowRankWeight, ...] = ()
+        if not options.low_rank:
+            return select(specs, targets=options.targets, exclude=options.exclude, model_name=model_name).chosen
+        selection, self.low_rank_weights = select_low_rank(
+            specs, targets=options.targets, exclude=options.exclude, rank=options.low_rank, convention="flax",
+            model_name=model_name,
+        )  # fmt: skip
+        return selection.chosen
+
+    def _raw_output(self, embedding_module: nnx.Module, weight_generator: nnx.Module, extra: Dict[str, nnx.Module]) -> jax.Array:
+        """The generator's raw flat output now, computed on copies (no state changes)."""
+        copies = {name: nnx.clone(module) for name, module in extra.items()}
+        return self._probe_chunks(nnx.clone(embedding_module), nnx.clone(weight_generator), copies).reshape(-1)
+
+    def _start(self, options: HypernetizeOptions, chosen: Any, embedding_module: nnx.Module,
+               weight_generator: nnx.Module, extra: Dict[str, nnx.Module]) -> Any:  # fmt: skip
+        """Hyperfan: fold the common scale into the generator, then plan the per-tensor map."""
+        raw = self._raw_output(embedding_module, weight_generator, extra)
+        if options.init == "hyperfan":
+            factor = common_scale(self.layout, raw, self.target_inits)
+            raw = fold_common_scale(weight_generator, self.weight_chunk_dim, factor, raw,
+                                    lambda: self._raw_output(embedding_module, weight_generator, extra))  # fmt: skip
+        start = start_values(chosen, self.low_rank_weights) if self.warm_start else None
+        self.start_targets = start_targets(self.layout, self.target_inits, start, low_rank=bool(self.low_rank_weights))
+        return build_output_affine(self.layout, raw, self.target_inits, init=options.init, start=start)
 
     # ------------------------------------------------------------ construction
 
@@ -168,7 +218,25 @@ class HypernetizedNNX(nnx.Module):
         embedding = self.embedding_module(jnp.arange(self.num_embeddings))
         chunks = self.weight_generator(embedding)
         check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.embedding_dim)
-        return chunks.reshape(-1), {"embedding": embedding}
+        return self.start_map(chunks.reshape(-1)), {"embedding": embedding}
+
+    def start_map(self, raw: jax.Array) -> jax.Array:
+        """The fixed map from the generator's raw flat output to generated values
+        (:attr:`output_affine`: hyperfan scale, warm start; identity with ``init="default"``)."""
+        return raw if self.output_affine is None else self.output_affine(raw)
+
+    def _low_rank_bases(self) -> Dict[str, jax.Array]:
+        """Each low-rank weight's frozen ``W0`` by name."""
+        return {variable.get_metadata()["slot_name"]: variable[...]
+                for _, variable in nnx.to_flat_state(nnx.state(self.target_network, FrozenWeight))}  # fmt: skip
+
+    def target_tensors(self, generated_params: jax.Array) -> Dict[str, jax.Array]:
+        """The generated tensors by their names in the model (low-rank weights merged:
+        ``W0 + scale * (A @ B).T``); leading (per-sample) dims kept."""
+        tensors = unflatten(generated_params, self.layout)
+        if not self.low_rank_weights:
+            return tensors
+        return merge_low_rank(tensors, self.low_rank_weights, self._low_rank_bases(), self.low_rank_scale)
 
     def assert_parameter_shapes(self, generated_params: Any) -> None:
         """Raise a clear error unless ``generated_params`` fits :attr:`layout`."""
@@ -176,7 +244,7 @@ class HypernetizedNNX(nnx.Module):
 
     def _merged(self, generated_params: jax.Array, slot_type: type) -> nnx.Module:
         """A copy of the target with the generated arrays in place (as ``slot_type``)."""
-        tensors = unflatten(generated_params, self.layout)
+        tensors = self.target_tensors(generated_params)
         graphdef, state = nnx.split(self.target_network)
         flat = dict(nnx.to_flat_state(state))
         for path, name in self._slot_paths:
@@ -192,6 +260,27 @@ class HypernetizedNNX(nnx.Module):
         """A plain copy of the model (its own class) with the generated weights as Params."""
         flat, _ = self.generate_params(**generate_params_kwargs)
         return self._merged(flat, nnx.Param)
+
+    # ------------------------------------------------------------ diagnostics
+
+    def summary(self, **generate_params_kwargs: Any) -> HypernetworkSummary:
+        """Per generated tensor: name, shape, chunks, generated mean/std now vs the target
+        layer's own init; totals: model parameters, trainable hypernetwork parameters
+        (``nnx.Param``), compression ratio. ``print(hnet.summary())`` shows a table."""
+        flat, _ = self.generate_params(**generate_params_kwargs)
+        return self._summary(flat, "")
+
+    def _summary(self, flat: jax.Array, note: str) -> HypernetworkSummary:
+        settings = f"init={self.init_scheme!r}, warm_start={self.warm_start}"
+        if self.low_rank:
+            settings += f", low_rank={self.low_rank} (scale {self.low_rank_scale:g})"
+        count = lambda *filters: sum(int(np.prod(v[...].shape)) for _, v in nnx.to_flat_state(nnx.state(self, *filters)))  # noqa: E731
+        base = 0 if self.output_affine is None or self.output_affine.base is None else self.layout.generated_size
+        return summarize(
+            self.layout, np.asarray(flat, dtype=np.float64), self.start_targets, model_name=self.selection.model_name,
+            target_params=self.num_model_parameters, hypernetwork_params=count(nnx.Param), settings=settings + note,
+            frozen_params=count(FrozenWeight) + base, replaced_values=sum(w.size for w in self.low_rank_weights),
+        )  # fmt: skip
 
     # ------------------------------------------------------------ running
 
