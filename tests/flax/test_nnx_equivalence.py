@@ -12,6 +12,8 @@ Every test computes the same math twice:
 
 The offsets of the hand-written side come from an independent re-derivation of the chunk
 layout (:func:`hand_layout`), not from ``hnet.layout``; the layout is then checked to agree.
+These are hyper-nn's computations, so the hypernetworks use ``init="default"`` (the
+hyperfan start map on top is checked in ``test_nnx_start.py``).
 Outputs and the gradients (``nnx.grad`` over the hypernetwork's ``nnx.Param`` state,
 against ``jax.vjp`` of the hand-written function) are compared.
 
@@ -95,7 +97,7 @@ FAST_FACTORIES = dict(
 
 
 def hyper(model: nnx.Module, **options: Any) -> nnx.Module:
-    return hypernetize(model, rngs=nnx.Rngs(1), **FAST_FACTORIES, **options)
+    return hypernetize(model, rngs=nnx.Rngs(1), init="default", **FAST_FACTORIES, **options)
 
 
 
@@ -317,7 +319,7 @@ def test_mlp(targets, selected, kind, num_embeddings, jit):
     model = make_mlp()
     # The default factories here (an nnx.Embed and an nnx.Linear), elsewhere numpy-initialised twins.
     hnet = hypernetize(model, embedding_dim=3, num_embeddings=num_embeddings, targets=targets, layout=kind,
-                       rngs=nnx.Rngs(1))  # fmt: skip
+                       rngs=nnx.Rngs(1), init="default")  # fmt: skip
     x = normal(2, (7, 4))
     compare(hnet, model, hand_mlp, (x,), selected=selected, kind=kind, num_embeddings=num_embeddings, jit=jit)
 

@@ -98,6 +98,7 @@ class Scaled(nnx.Module):
 
 def hyper(model, **options):
     options.setdefault("rngs", nnx.Rngs(1))
+    options.setdefault("init", "default")  # the hand-written math below is hyper-nn's (no start map)
     return hypernetize(model, **options)
 
 
