@@ -30,7 +30,7 @@ from .errors import (
 )
 from .factories import MLPGeneratorSpec as MLPGeneratorSpec, mlp_generator as mlp_generator
 from .layout import Layout as Layout, plan_layout as plan_layout
-from .export import materialize as materialize
+from .export import materialize as materialize, summary as summary
 from .options import HypernetizeOptions as HypernetizeOptions
 from .selection import Selection as Selection
 from .transform import Hypernetize as Hypernetize, hypernetize as hypernetize, select as select
@@ -61,6 +61,6 @@ __all__ = sorted(
         "CheckpointMismatchError", "ConditionError", "ConditionTypeError", "ConfigurationError", "GeneratedParamsError", "GeneratedParamsTypeError", "GeneratorOutputError",
         "Hypernetize", "HypernetizeOptions", "HypernnError", "Layout", "MLPGeneratorSpec", "MissingDependencyError",
         "OptionTypeError", "ReservedArgumentError", "Selection", "SelectionError", "UnsupportedModelError",
-        "conditioning", "errors", "hypernetize", "materialize", "mlp_generator", "plan_layout", "select", *_LAZY,
+        "conditioning", "errors", "hypernetize", "materialize", "mlp_generator", "plan_layout", "select", "summary", *_LAZY,
     ]
 )  # fmt: skip

@@ -130,8 +130,23 @@ def _torch_rule(spec: ParamSpec, shapes: Mapping[str, Tuple[int, ...]]) -> Optio
     return None
 
 
+def _flax_attention(spec: ParamSpec, attribute: str) -> Optional[TargetInit]:
+    """``DenseGeneral``/``LinearGeneral`` projections of flax attention: lecun normal over
+    the input axes (``(in, heads, head_dim)`` for query/key/value, ``(heads, head_dim, out)``
+    for out), zero biases."""
+    if attribute == "bias":
+        return _constant(0.0, "zeros")
+    role = spec.name.rpartition(".")[0].rpartition(".")[2]
+    if attribute != "kernel" or role not in ("query", "key", "value", "out"):
+        return None
+    fan_in = spec.shape[0] if role != "out" else math.prod(spec.shape[:-1])
+    return TargetInit(math.sqrt(1.0 / fan_in), 0.0, f"lecun_normal, fan_in={fan_in}")
+
+
 def _flax_rule(spec: ParamSpec) -> Optional[TargetInit]:
-    owner, _, attribute = _owner_and_parent(spec)
+    owner, parent, attribute = _owner_and_parent(spec)
+    if {"DenseGeneral", "LinearGeneral"} & set(owner) and {"MultiHeadDotProductAttention", "MultiHeadAttention"} & set(parent):
+        return _flax_attention(spec, attribute)
     if "Embed" in owner and attribute == "embedding":
         return TargetInit(math.sqrt(1.0 / spec.shape[-1]), 0.0, f"variance_scaling(1, fan_in, normal), features={spec.shape[-1]}")
     if _FLAX_NORMS & set(owner) and attribute in ("scale", "bias"):
@@ -166,14 +181,16 @@ def target_init(
     Args:
         spec: the tensor (its owner's class names and attribute name choose the rule).
         shapes: every parameter's shape by name (a bias's fan-in comes from its weight).
-        measure: ``value -> (mean, std)`` for tensors of layers without a rule.
+        measure: ``value -> (mean, std)`` (or ``None`` for abstract values) for tensors of
+            layers without a rule.
     """
     if convention not in CONVENTIONS:
         raise ConfigurationError(f"`convention` must be one of {CONVENTIONS}; got {convention!r}.")
     rule = _torch_rule(spec, shapes) if convention == "torch" else _flax_rule(spec)
     if rule is not None:
         return rule
-    if measure is not None and spec.value is not None and spec.size > 0:
-        mean, std = measure(spec.value)
+    measured = measure(spec.value) if measure is not None and spec.value is not None and spec.size > 0 else None
+    if measured is not None:
+        mean, std = measured
         return TargetInit(std, mean, "measured from the model's values") if std > 0 else _constant(mean, "measured constant")
     return _fallback(spec, convention)

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 from .errors import ConditionError, OptionTypeError
 from .transform.backends import backend_for
 
-__all__ = ["check_no_variables", "check_static", "materialize"]
+__all__ = ["check_no_variables", "check_static", "materialize", "summary"]
 
 
 def materialize(hnet: Any, variables: Optional[Mapping[str, Any]] = None, /, *, condition: Any = None,
@@ -52,6 +52,21 @@ def materialize(hnet: Any, variables: Optional[Mapping[str, Any]] = None, /, *, 
     """
     backend = backend_for(hnet, "hnet")
     return backend.materialize(hnet, variables, condition=condition, **generate_params_kwargs)
+
+
+def summary(hnet: Any, variables: Optional[Mapping[str, Any]] = None, /, *, condition: Any = None,
+            **generate_params_kwargs: Any) -> Any:  # fmt: skip
+    """:class:`~hypernn.diagnostics.HypernetworkSummary` of any hypernetwork: ``hnet.summary()``
+    for torch and NNX; for linen (no values of its own) from its ``variables``. A dynamic
+    hypernetwork is summarised at ``condition`` (default: the zero condition, or id 0).
+
+        >>> from torch import nn
+        >>> from hypernn import hypernetize
+        >>> summary(hypernetize(nn.Linear(30, 20), embedding_dim=4, num_embeddings=8)).tensors[0].shape
+        (20, 30)
+    """
+    backend = backend_for(hnet, "hnet")
+    return backend.summary(hnet, variables, condition=condition, **generate_params_kwargs)
 
 
 def check_static(hnet: Any, condition: Any) -> None:

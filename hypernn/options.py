@@ -27,8 +27,6 @@ __all__ = ["BACKEND_SPECIFIC", "DYNAMIC_OPTIONS", "INIT_OPTIONS", "HypernetizeOp
 #: options only some backends use -> the models they are for
 BACKEND_SPECIFIC = {
     "example_inputs": "flax linen", "init_kwargs": "flax linen", "variables": "flax linen", "rngs": "flax NNX",
-    # warm start and low-rank deltas: torch and NNX so far
-    "warm_start": "torch and flax NNX", "low_rank": "torch and flax NNX", "low_rank_scale": "torch and flax NNX",
 }  # fmt: skip
 DYNAMIC_OPTIONS = ("condition_dim", "num_conditions", "condition_factory", "condition_keyword")
 INIT_OPTIONS = ("init", "warm_start", "low_rank", "low_rank_scale")

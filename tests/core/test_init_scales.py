@@ -19,7 +19,7 @@ from hypernn.layout import plan_layout
 from hypernn.lowrank import factor_entries, factor_inits, plan_low_rank, select_low_rank
 from hypernn.options import HypernetizeOptions
 from hypernn.specs import ParamSpec
-from hypernn.summary import summarize
+from hypernn.diagnostics import summarize
 
 
 def cls(name, *bases):

@@ -13,9 +13,11 @@ from typing import Any, List, Mapping, Optional, Sequence
 import flax.linen as nn
 
 from ...errors import OptionTypeError
-from ...options import HypernetizeOptions
+from ...options import INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
+from .export import materialize as materialize
+from .export import summary as summary
 from .dynamic import DynamicHypernetizedLinen as DynamicHypernetizedLinen
 from .dynamic import LinenDynamicHypernetwork as LinenDynamicHypernetwork
 from .dynamic import check_dynamic_call_signature
@@ -33,7 +35,7 @@ _USED = ("example_inputs", "init_kwargs", "variables")
 def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedLinen:
     """Build a :class:`HypernetizedLinen` (a :class:`DynamicHypernetizedLinen` with
     ``condition_dim``/``num_conditions``) for ``model``; plan now if the structure is known."""
-    options.reject_unused("flax linen", used=_USED)
+    options.reject_unused("flax linen", used=_USED + INIT_OPTIONS)
     check_model(model)
     if options.dynamic:
         check_dynamic_call_signature(type(model), options.condition_keyword)

@@ -25,7 +25,7 @@ from typing import Any, Dict
 import flax.linen as nn
 
 from ...errors import UnsupportedModelError
-from ...options import HypernetizeOptions
+from ...options import INIT_OPTIONS, HypernetizeOptions
 from .dynamic import LinenDynamicHypernetwork, check_dynamic_call_signature
 from .module import LinenHypernetwork, check_call_signature
 
@@ -55,7 +55,7 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
         check_dynamic_call_signature(cls, options.condition_keyword)
     else:
         check_call_signature(cls)
-    options.reject_unused("flax linen", used=("example_inputs", "init_kwargs", "variables"))
+    options.reject_unused("flax linen", used=("example_inputs", "init_kwargs", "variables") + INIT_OPTIONS)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in _LINEN_FIELDS]
 
     def hypernn_target(self) -> nn.Module:

@@ -23,7 +23,7 @@ from ...calling import call_arguments, call_hypernetwork, check_condition_keywor
 from ...errors import ConditionError, OptionTypeError, UnsupportedModelError
 from ..jaxconditions import check_condition
 from ..jaxpersample import map_samples, split_keys, with_sample_axis
-from ..jaxutil import check_chunks, check_generated_params, unflatten
+from ..jaxutil import check_chunks, check_generated_params
 from . import conditioning, factories
 from .module import HypernetizedLinen, LinenHypernetwork, _checked, check_call_signature
 
@@ -126,7 +126,15 @@ class LinenDynamicHypernetwork(LinenHypernetwork):
         chunks = self.weight_generator(embedding)
         lead = tuple(vectors.shape[:-1])
         check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.generator_input_dim, lead)
-        return chunks.reshape(*lead, -1), {"embedding": embedding, **aux}
+        return self.start_values_map(chunks.reshape(*lead, -1)), {"embedding": embedding, **aux}
+
+    def _calibration_raw(self) -> jax.Array:
+        """The raw output at the zero condition (id 0 with ``num_conditions``), as for torch and NNX."""
+        (vectors,) = self._probe_arguments()
+        if self.num_conditions is not None:
+            vectors = self.condition_embedding(vectors)
+        embedding, _ = self.condition_module(self.embedding_module(jnp.arange(self.num_embeddings)), vectors)
+        return self.weight_generator(embedding).reshape(-1)
 
     def assert_parameter_shapes(self, generated_params: Any) -> None:
         """Like the static check, but a ``(B, n)`` batch of vectors is valid too."""
@@ -161,7 +169,7 @@ class LinenDynamicHypernetwork(LinenHypernetwork):
                 result = target.apply(variables, *sample_args, rngs=keys, mutable=call.mutable, **sample_kwargs)
             return result if call.mutable else (result, {})
 
-        output, updates = map_samples(run, (unflatten(generated_params, self.layout), split_keys(call.rngs, batch)),
+        output, updates = map_samples(run, (self.target_tensors(generated_params), split_keys(call.rngs, batch)),
                                       args, kwargs, batch=batch, shared={"kept": call.kept, "state": call.state})  # fmt: skip
         if call.mutable:
             self._write_back(call, _merge_sample_updates(updates, call.collections))

@@ -28,13 +28,18 @@ import jax.numpy as jnp
 from flax.core.scope import is_filter_empty, subtract_filters
 
 from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
-from ...errors import GeneratorOutputError, OptionTypeError, UnsupportedModelError
+from ...default_inits import TargetInit
+from ...errors import ConfigurationError, GeneratorOutputError, OptionTypeError, UnsupportedModelError
 from ...layout import Layout, plan_layout
+from ...lowrank import LowRankWeight, factor_entries, select_low_rank
 from ...options import HypernetizeOptions
 from ...selection import Selection, select
+from ...targets import slot_targets, start_targets, start_values
+from ..jaxstart import merge_low_rank
 from ..jaxutil import check_chunks, check_generated_params, set_path, unflatten
 from . import factories
 from .introspect import Structure, trace_structure
+from .start import COLLECTION, apply_start, measure, start_state
 
 __all__ = ["HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque", "TargetCall"]
 
@@ -64,6 +69,25 @@ class LinenPlan:
     slots: Tuple[Tuple[str, Tuple[str, ...]], ...]
     #: paths inside params that stay ordinary (unselected) parameters
     kept: Tuple[Tuple[str, ...], ...]
+    #: each slot's hyperfan target and what a summary compares it with
+    targets: Tuple[TargetInit, ...] = ()
+    start_targets: Tuple[TargetInit, ...] = ()
+    #: ``low_rank``: the adapted kernels (their factors are the layout's slots)
+    low_rank_weights: Tuple[LowRankWeight, ...] = ()
+    warm_start: bool = False
+    init: str = "default"
+    #: the model's parameter count (tied once)
+    num_model_parameters: int = 0
+
+    @property
+    def has_start_map(self) -> bool:
+        """Whether generated values pass through a start map (hyperfan or warm start)."""
+        return self.init == "hyperfan" or self.warm_start
+
+    @property
+    def uses_start_collection(self) -> bool:
+        """Whether the hypernetwork keeps a :data:`~hypernn.transform.linen.start.COLLECTION`."""
+        return self.has_start_map or bool(self.low_rank_weights)
 
 
 def check_model(module: Any) -> None:
@@ -89,15 +113,31 @@ def make_plan(module: nn.Module, options: HypernetizeOptions, args: Tuple = None
         )
     structure = trace_structure(module, example_inputs=example_inputs, init_kwargs=init_kwargs, variables=options.variables)
     name = type(module).__name__
-    selection = select(structure.specs, targets=options.targets, exclude=options.exclude, model_name=name)
-    layout = plan_layout(selection.chosen, kind=options.layout, num_embeddings=options.num_embeddings,
+    weights: Tuple[LowRankWeight, ...] = ()
+    if options.low_rank:
+        selection, weights = select_low_rank(structure.specs, targets=options.targets, exclude=options.exclude,
+                                             rank=options.low_rank, convention="flax", model_name=name)  # fmt: skip
+    else:
+        selection = select(structure.specs, targets=options.targets, exclude=options.exclude, model_name=name)
+    entries = factor_entries(weights) if weights else selection.chosen
+    layout = plan_layout(entries, kind=options.layout, num_embeddings=options.num_embeddings,
                          chunk_dim=options.chunk_dim)  # fmt: skip
     paths = dict(structure.param_paths)
     chosen = set(selection.names)
     slots = tuple((n, paths[n]) for n in selection.names)
     kept = tuple(path for n, path in structure.param_paths if n not in chosen)
     stripped = Selection(tuple(s.without_value() for s in selection.chosen), name)
-    return LinenPlan(structure, stripped, layout, slots, kept)
+    targets = slot_targets(structure.specs, selection.chosen, weights, convention="flax", measure=measure)
+    warm = options.starts_at_model
+    if warm and not weights and options.variables is None:
+        raise ConfigurationError(
+            f"`warm_start=True` for a linen model starts from its trained variables: pass them as `variables=` "
+            f"(a linen {name} holds no weights of its own to start from)."
+        )
+    start = start_values(selection.chosen, weights) if warm else None
+    shown = start_targets(layout, targets, start, low_rank=bool(weights))
+    count = sum(s.size for s in structure.specs if s.kind == "parameter")
+    return LinenPlan(structure, stripped, layout, slots, kept, targets, shown, weights, warm, options.init, count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +260,12 @@ class LinenHypernetwork(nn.Module):
 
     def apply(self, variables: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
         planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
+        if planned.plan.uses_start_collection and isinstance(variables, Mapping) and COLLECTION not in variables:
+            raise OptionTypeError(
+                f"`variables` lack the {COLLECTION!r} collection that `init` made (the start map of init="
+                f"{planned.plan.init!r}/warm start, low-rank W0); pass every collection back, e.g. "
+                f"`hnet.apply({{**variables, 'params': params}}, x)`. Collections given: {sorted(variables)}."
+            )
         return nn.Module.apply(planned, variables, *args, method=_method_name(method), **kwargs)
 
     def _planned_for_method(self, args: Tuple, kwargs: Mapping) -> "LinenHypernetwork":
@@ -230,6 +276,26 @@ class LinenHypernetwork(nn.Module):
     def setup(self) -> None:
         self.embedding_module = self.make_embedding_module()
         self.weight_generator = self.make_weight_generator()
+        if self.plan.has_start_map:  # measured from the generator's first output, inside init
+            self.start_map = self.variable(COLLECTION, "start_map", self._make_start_state)
+
+    def _calibration_raw(self) -> jax.Array:
+        """The raw flat output the start map is measured on (a static hypernetwork's own)."""
+        return self.weight_generator(self.embedding_module(jnp.arange(self.num_embeddings))).reshape(-1)
+
+    def _make_start_state(self) -> Dict[str, jax.Array]:
+        plan = self.plan
+        start = None
+        if plan.warm_start:
+            given = self.hypernn_options().variables
+            start = start_values([_Value(n, _pick(given["params"], p)) for n, p in plan.slots] if given else [],
+                                 plan.low_rank_weights)  # fmt: skip
+        return start_state(plan.layout, self._calibration_raw(), plan.targets, init=plan.init, start=start)
+
+    def start_values_map(self, raw: jax.Array) -> jax.Array:
+        """The fixed map from the generator's raw flat output to generated values
+        (hyperfan scale, warm start; identity with ``init="default"``)."""
+        return apply_start(raw, self.layout, self.start_map.value if self.plan.has_start_map else None)
 
     def make_embedding_module(self) -> nn.Module:
         """Build the chunk embedding module; override in subclasses to customise."""
@@ -265,7 +331,7 @@ class LinenHypernetwork(nn.Module):
         embedding = self.embedding_module(jnp.arange(self.num_embeddings))
         chunks = self.weight_generator(embedding)
         check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.embedding_dim)
-        return chunks.reshape(-1), {"embedding": embedding}
+        return self.start_values_map(chunks.reshape(-1)), {"embedding": embedding}
 
     def assert_parameter_shapes(self, generated_params: Any) -> None:
         """Raise a clear error unless ``generated_params`` fits :attr:`layout`."""
@@ -301,7 +367,24 @@ class LinenHypernetwork(nn.Module):
         }
 
     def _target_params(self, generated_params: jax.Array, kept: Any) -> Dict[str, Any]:
-        return self._params_tree(unflatten(generated_params, self.layout), kept)
+        return self._params_tree(self.target_tensors(generated_params), kept)
+
+    def target_tensors(self, generated_params: jax.Array) -> Dict[str, jax.Array]:
+        """The generated tensors by their names in the model (low-rank kernels merged:
+        ``W0 + scale * (A @ B).T``); leading (per-sample) dims kept."""
+        tensors = unflatten(generated_params, self.layout)
+        if not self.plan.low_rank_weights:
+            return tensors
+        bases = self.get_variable(COLLECTION, "low_rank_bases")
+        return merge_low_rank(tensors, self.plan.low_rank_weights, bases, self.hypernn_options().low_rank_scale)
+
+    def _low_rank_bases(self, initial: Optional[Mapping]) -> None:
+        """Keep each adapted kernel's ``W0`` (from the model's initial variables) frozen."""
+        if not self.plan.low_rank_weights:
+            return
+        paths = dict(self.plan.slots)
+        self.variable(COLLECTION, "low_rank_bases",
+                      lambda: {w.name: _pick(initial["params"], paths[w.name]) for w in self.plan.low_rank_weights})  # fmt: skip
 
     def _params_tree(self, tensors: Mapping[str, jax.Array], kept: Any) -> Dict[str, Any]:
         """The model's ``params``: the unselected ``kept`` tree with ``tensors`` at their paths."""
@@ -340,6 +423,7 @@ class LinenHypernetwork(nn.Module):
         """What the model's ``apply`` needs besides the generated params (creating the
         variables when initialising)."""
         initial = self._initial_variables(args, kwargs) if self.is_initializing() else None
+        self._low_rank_bases(initial)
         kept = self._kept_params(initial)
         collections = self._collections(initial)
         state = {c: {k: v.value for k, v in keyed.items()} for c, keyed in collections.items()}
@@ -394,6 +478,14 @@ def _plan_cache(options: HypernetizeOptions) -> Dict[Any, LinenPlan]:
 def _method_name(method: Any) -> Any:
     """Bound methods of an unplanned instance become names, so the planned clone runs them."""
     return getattr(method, "__name__", method) if inspect.ismethod(method) else method
+
+
+@dataclasses.dataclass(frozen=True)
+class _Value:
+    """A name and a value, shaped like a :class:`~hypernn.specs.ParamSpec` for :func:`start_values`."""
+
+    name: str
+    value: Any
 
 
 def _deep_copy_dicts(tree: Any) -> Any:

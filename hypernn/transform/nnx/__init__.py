@@ -50,6 +50,17 @@ def materialize(hnet: nnx.Module, variables: Any = None, *, condition: Any = Non
     return hnet.materialize(**generate_params_kwargs)
 
 
+def summary(hnet: nnx.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> Any:
+    """See :func:`hypernn.summary`: ``hnet.summary()``."""
+    if not isinstance(hnet, HypernetizedNNX):
+        raise UnsupportedModelError(f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}.")
+    check_no_variables(hnet, variables, "flax NNX")
+    if isinstance(hnet, DynamicHypernetizedNNX):
+        return hnet.summary(condition=condition, **generate_params_kwargs)
+    check_static(hnet, condition)
+    return hnet.summary(**generate_params_kwargs)
+
+
 def param_specs(model: nnx.Module) -> List[ParamSpec]:
     """Every variable of ``model`` (see :mod:`hypernn.specs`)."""
     return _param_specs(model)

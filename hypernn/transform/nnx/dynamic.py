@@ -27,7 +27,7 @@ from ..jaxpersample import map_samples, with_sample_axis
 from ..jaxutil import check_chunks, check_generated_params
 from . import conditioning
 from .introspect import GeneratedSlot
-from ...summary import HypernetworkSummary
+from ...diagnostics import HypernetworkSummary
 from .module import _MERGE_COPY, HypernetizedNNX
 
 __all__ = ["DynamicHypernetizedNNX"]

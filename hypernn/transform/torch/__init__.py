@@ -56,6 +56,18 @@ def materialize(hnet: nn.Module, variables: Any = None, *, condition: Any = None
     return hypernetwork.materialize(**generate_params_kwargs)
 
 
+def summary(hnet: nn.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> Any:
+    """See :func:`hypernn.summary`: ``hnet.summary()``."""
+    hypernetwork = _unwrapped(hnet)
+    if not isinstance(hypernetwork, HypernetizedModule):
+        raise UnsupportedModelError(f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}.")
+    check_no_variables(hypernetwork, variables, "torch")
+    if isinstance(hypernetwork, DynamicHypernetizedModule):
+        return hypernetwork.summary(condition=condition, **generate_params_kwargs)
+    check_static(hypernetwork, condition)
+    return hypernetwork.summary(**generate_params_kwargs)
+
+
 def param_specs(model: nn.Module) -> List[ParamSpec]:
     """Every parameter and buffer of ``model`` (see :mod:`hypernn.specs`)."""
     return _param_specs(model)

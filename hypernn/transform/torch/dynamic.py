@@ -28,7 +28,7 @@ from ...errors import (
 from ...options import HypernetizeOptions
 from . import conditioning
 from ...calling import call_arguments, check_condition_keyword, check_reserved, route_condition
-from ...summary import HypernetworkSummary
+from ...diagnostics import HypernetworkSummary
 from .module import HypernetizedModule
 from .per_sample import PerSampleRunner
 

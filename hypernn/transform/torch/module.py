@@ -34,7 +34,7 @@ from ...lowrank import LowRankWeight, factor_entries, select_low_rank
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
 from ...specs import ParamSpec
-from ...summary import HypernetworkSummary, summarize
+from ...diagnostics import HypernetworkSummary, summarize
 from ...targets import slot_targets, start_targets, start_values
 from . import factories
 from .reuse import GeneratedWeightsCache, can_reuse

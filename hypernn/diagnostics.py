@@ -1,4 +1,4 @@
-"""``hnet.summary()``: what a hypernetwork generates, how it starts, what it costs.
+"""Diagnostics: what a hypernetwork generates, how it starts, what it costs (``hnet.summary()``).
 
 A :class:`HypernetworkSummary` holds one :class:`TensorSummary` per generated tensor
 (name, shape, chunks it spans, the generated values' mean and std now, and the target
