@@ -54,8 +54,8 @@ import numpy as np
 from .default_inits import TargetInit
 from .layout import Layout
 
-__all__ = ["CONSTANT_STD", "INITS", "OutputAffine", "calibrate", "common_scale", "common_scale_of", "piece_slots",
-           "plan_output_affine", "slot_values"]
+__all__ = ["CONSTANT_STD", "INITS", "OutputAffine", "calibrate", "common_scale", "common_scale_of",
+           "expected_calibration", "piece_slots", "plan_output_affine", "slot_values"]
 
 INITS = ("hyperfan", "default")
 
@@ -103,18 +103,29 @@ def calibrate(layout: Layout, raw: Any, targets: Sequence[TargetInit], xp: Any =
     """Per-slot ``(scales, shifts)`` (arrays) that give each slot its target mean and std.
 
     Written with array operations only (no branching on values), so ``xp`` may be
-    ``numpy`` or ``jax.numpy`` (traced inside a linen ``init``).
+    ``numpy`` or ``jax.numpy`` (also under a trace).
     """
-    pieces = slot_values(layout, raw)
+    return _calibrate_pieces(slot_values(layout, raw), targets, xp, raw.dtype)
+
+
+def expected_calibration(layout: Layout, raws: Sequence[np.ndarray], targets: Sequence[TargetInit]) -> Tuple[Any, Any]:
+    """Like :func:`calibrate`, from several raw outputs (independent initialisations of the
+    generator) pooled per slot: the scales that give each slot its target *in expectation*."""
+    stacked = np.stack([np.asarray(r, dtype=np.float64).reshape(-1) for r in raws])
+    pooled = [stacked[:, slot.offset : slot.offset + slot.size].reshape(-1) for slot in layout.slots]
+    return _calibrate_pieces(pooled, targets, np, np.dtype(np.float64))
+
+
+def _calibrate_pieces(pieces: Sequence[Any], targets: Sequence[TargetInit], xp: Any, dtype: Any) -> Tuple[Any, Any]:
     nonempty = [p for p in pieces if p.size > 0]
-    overall = xp.std(xp.concatenate(nonempty)) if nonempty else xp.zeros((), raw.dtype)
+    overall = xp.std(xp.concatenate(nonempty)) if nonempty else xp.zeros((), dtype)
     scales, shifts = [], []
     for values, target in zip(pieces, targets):
         if values.size == 0:  # nothing to measure: leave the tensor as generated
-            scales.append(xp.ones((), raw.dtype))
-            shifts.append(xp.zeros((), raw.dtype))
+            scales.append(xp.ones((), dtype))
+            shifts.append(xp.zeros((), dtype))
             continue
-        own = xp.std(values) if values.size > 1 else xp.zeros((), raw.dtype)
+        own = xp.std(values) if values.size > 1 else xp.zeros((), dtype)
         spread = xp.where(own > 0, own, overall)  # one value, or constant values: the whole spread
         measurable = spread > 0
         wanted = target.std if target.std > 0 else CONSTANT_STD

@@ -19,7 +19,7 @@ from ..init import piece_slots
 from ..layout import Layout
 from ..lowrank import LowRankWeight
 
-__all__ = ["merged_kernel", "merge_low_rank", "per_element", "start_map"]
+__all__ = ["merged_kernel", "merge_low_rank", "per_element", "start_map", "warm_base"]
 
 
 def per_element(values: jax.Array, layout: Layout, gap: float) -> jax.Array:
@@ -33,6 +33,19 @@ def start_map(raw: jax.Array, layout: Layout, scale: jax.Array, shift: jax.Array
     """``(base if given else shift) + scale * raw`` per slot; leading (per-sample) dims kept."""
     offset = base if base is not None else per_element(shift, layout, 0.0)
     return (offset + per_element(scale, layout, 1.0) * raw).astype(raw.dtype)
+
+
+def warm_base(layout: Layout, raw: jax.Array, scales: Sequence[float], shifts: Sequence[float],
+              start: Mapping[str, jax.Array]) -> jax.Array:  # fmt: skip
+    """``start - scale * raw`` on the started slots, ``shift`` on the others (see :mod:`hypernn.init`)."""
+    scale = jnp.asarray(scales, raw.dtype)
+    base = per_element(jnp.asarray(shifts, raw.dtype), layout, 0.0)
+    for index, slot in enumerate(layout.slots):
+        if slot.name in start:
+            window = slice(slot.offset, slot.offset + slot.size)
+            values = jnp.asarray(start[slot.name], raw.dtype).reshape(-1)
+            base = base.at[window].set(values - scale[index] * raw[window])
+    return base
 
 
 def merged_kernel(w0: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:

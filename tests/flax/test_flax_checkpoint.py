@@ -241,7 +241,8 @@ def test_nnx_state_template_gives_a_new_state_and_is_left_alone(nnx_case):
     [
         # the checkpoint holds empty slots where this module has parameters: listed as missing
         (None, ["fc1"], r"missing from the checkpoint: 'target_network.bn.bias', 'target_network.bn.scale', "
-                        r"'target_network.fc2.bias', 'target_network.fc2.kernel'; shape mismatch: 'weight_generator.bias'"),
+                        r"'target_network.fc2.bias', 'target_network.fc2.kernel'; shape mismatch: 'output_affine.scale' is "
+                        r"\(6,\) in the checkpoint, \(2,\) here, 'output_affine.shift' .*'weight_generator.bias'"),
         (["fc1"], None, r"not in this hypernetwork: 'target_network.bn.bias', 'target_network.bn.scale', "
                         r"'target_network.fc2.bias', 'target_network.fc2.kernel'"),
     ],

@@ -18,6 +18,8 @@ parameter of the hypernetwork are compared, eagerly and under :func:`jax.jit`.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Callable, Dict, Sequence
 
@@ -28,7 +30,10 @@ import numpy as np
 import pytest
 
 import hypernn
-from hypernn import hypernetize
+from hypernn import hypernetize as _hypernetize
+
+#: hyper-nn's computations (no start map; see test_linen_start.py)
+hypernetize = functools.partial(_hypernetize, init="default")
 from layout_reference import hand_layout
 
 RTOL, ATOL = 2e-5, 2e-6

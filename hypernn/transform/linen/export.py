@@ -91,7 +91,7 @@ def summary(hnet: Any, variables: Optional[Mapping[str, Any]] = None, *, conditi
     if zero is not None and condition is None:
         settings += ", at condition id 0" if hnet.num_conditions is not None else ", at the zero condition"
     start = variables.get(COLLECTION, {})
-    frozen = _size(start.get("low_rank_bases", {})) + _size(start.get("start_map", {}).get("base", ()))
+    frozen = _size(start.get("low_rank_bases", {})) + _size(start.get("base", ()))
     return summarize(
         plan.layout, np.asarray(flat, dtype=np.float64), plan.start_targets, model_name=plan.selection.model_name,
         target_params=plan.num_model_parameters, hypernetwork_params=_size(variables["params"]), settings=settings,

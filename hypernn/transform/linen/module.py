@@ -25,8 +25,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core.scope import is_filter_empty, subtract_filters
 
+from ...init import expected_calibration
 from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...default_inits import TargetInit
 from ...errors import ConfigurationError, GeneratorOutputError, OptionTypeError, UnsupportedModelError
@@ -39,7 +41,7 @@ from ..jaxstart import merge_low_rank
 from ..jaxutil import check_chunks, check_generated_params, set_path, unflatten
 from . import factories
 from .introspect import Structure, trace_structure
-from .start import COLLECTION, apply_start, measure, start_state
+from .start import COLLECTION, DRAWS, apply_start, measure, warm_base
 
 __all__ = ["HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque", "TargetCall"]
 
@@ -78,16 +80,15 @@ class LinenPlan:
     init: str = "default"
     #: the model's parameter count (tied once)
     num_model_parameters: int = 0
-
-    @property
-    def has_start_map(self) -> bool:
-        """Whether generated values pass through a start map (hyperfan or warm start)."""
-        return self.init == "hyperfan" or self.warm_start
+    #: the start map's per-tensor constants (``None``: no map); see :mod:`.start`
+    scales: Optional[Tuple[float, ...]] = None
+    shifts: Optional[Tuple[float, ...]] = None
 
     @property
     def uses_start_collection(self) -> bool:
-        """Whether the hypernetwork keeps a :data:`~hypernn.transform.linen.start.COLLECTION`."""
-        return self.has_start_map or bool(self.low_rank_weights)
+        """Whether the hypernetwork keeps a :data:`~hypernn.transform.linen.start.COLLECTION`
+        (warm start's base, low-rank ``W0``)."""
+        return self.warm_start or bool(self.low_rank_weights)
 
 
 def check_model(module: Any) -> None:
@@ -224,7 +225,8 @@ class LinenHypernetwork(nn.Module):
         key = _shape_key((self.hypernn_target(), args, call_kwargs))
         plan = cache.get(key) if key is not None else None
         if plan is None:
-            plan = make_plan(self.hypernn_target(), self.hypernn_options(), tuple(args), call_kwargs)
+            plan = self.clone(hypernn_plan=make_plan(self.hypernn_target(), self.hypernn_options(), tuple(args),
+                                                     call_kwargs))._calibrated().hypernn_plan  # fmt: skip
             self.clone(hypernn_plan=plan)._probe()
             if key is not None:
                 cache[key] = plan
@@ -262,8 +264,8 @@ class LinenHypernetwork(nn.Module):
         planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
         if planned.plan.uses_start_collection and isinstance(variables, Mapping) and COLLECTION not in variables:
             raise OptionTypeError(
-                f"`variables` lack the {COLLECTION!r} collection that `init` made (the start map of init="
-                f"{planned.plan.init!r}/warm start, low-rank W0); pass every collection back, e.g. "
+                f"`variables` lack the {COLLECTION!r} collection that `init` made (the frozen warm-start base and "
+                f"low-rank W0); pass every collection back, e.g. "
                 f"`hnet.apply({{**variables, 'params': params}}, x)`. Collections given: {sorted(variables)}."
             )
         return nn.Module.apply(planned, variables, *args, method=_method_name(method), **kwargs)
@@ -276,26 +278,41 @@ class LinenHypernetwork(nn.Module):
     def setup(self) -> None:
         self.embedding_module = self.make_embedding_module()
         self.weight_generator = self.make_weight_generator()
-        if self.plan.has_start_map:  # measured from the generator's first output, inside init
-            self.start_map = self.variable(COLLECTION, "start_map", self._make_start_state)
+        if self.plan.warm_start:  # measured on the generator that init draws
+            self.start_base = self.variable(COLLECTION, "base", self._make_base)
 
     def _calibration_raw(self) -> jax.Array:
         """The raw flat output the start map is measured on (a static hypernetwork's own)."""
         return self.weight_generator(self.embedding_module(jnp.arange(self.num_embeddings))).reshape(-1)
 
-    def _make_start_state(self) -> Dict[str, jax.Array]:
+    def _make_base(self) -> jax.Array:
         plan = self.plan
-        start = None
-        if plan.warm_start:
-            given = self.hypernn_options().variables
-            start = start_values([_Value(n, _pick(given["params"], p)) for n, p in plan.slots] if given else [],
-                                 plan.low_rank_weights)  # fmt: skip
-        return start_state(plan.layout, self._calibration_raw(), plan.targets, init=plan.init, start=start)
+        given = self.hypernn_options().variables
+        chosen = [_Value(n, _pick(given["params"], p)) for n, p in plan.slots] if given is not None else []
+        start = start_values(chosen, plan.low_rank_weights)
+        return warm_base(plan.layout, self._calibration_raw(), plan.scales, plan.shifts, start)
 
     def start_values_map(self, raw: jax.Array) -> jax.Array:
         """The fixed map from the generator's raw flat output to generated values
         (hyperfan scale, warm start; identity with ``init="default"``)."""
-        return apply_start(raw, self.layout, self.start_map.value if self.plan.has_start_map else None)
+        base = self.start_base.value if self.plan.warm_start else None
+        return apply_start(raw, self.layout, self.plan.scales, self.plan.shifts, base)
+
+    def _calibrated(self) -> "LinenHypernetwork":
+        """This hypernetwork with the start map's constants in its plan (see :mod:`.start`)."""
+        plan = self.hypernn_plan
+        if plan.scales is not None or (plan.init != "hyperfan" and not plan.warm_start):
+            return self
+        count = len(plan.layout.slots)
+        scales, shifts = (1.0,) * count, (0.0,) * count
+        if plan.init == "hyperfan":
+            probe = self.clone(hypernn_plan=dataclasses.replace(plan, warm_start=False))
+            with jax.ensure_compile_time_eval():
+                raws = [np.asarray(probe.init_with_output(jax.random.key(seed), method="_calibration_raw")[0])
+                        for seed in range(DRAWS)]  # fmt: skip
+            measured = expected_calibration(plan.layout, raws, plan.targets)
+            scales, shifts = tuple(float(v) for v in measured[0]), tuple(float(v) for v in measured[1])
+        return self.clone(hypernn_plan=dataclasses.replace(plan, scales=scales, shifts=shifts))
 
     def make_embedding_module(self) -> nn.Module:
         """Build the chunk embedding module; override in subclasses to customise."""

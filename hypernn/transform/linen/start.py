@@ -1,39 +1,46 @@
-"""Where generated linen weights start: the :mod:`hypernn.init` map, computed inside ``init``.
+"""Where generated linen weights start: the :mod:`hypernn.init` map for stateless modules.
 
-A linen module holds no values, so the start map is measured when the hypernetwork's
-variables are created (inside ``hnet.init``, traced, with ``jax.numpy``) and kept in its
-own collection, :data:`COLLECTION` (``"hypernn"``), next to ``params``: the per-tensor
-``scale``/``shift``, the warm-start ``base`` and the frozen low-rank ``W0`` of each adapted
-kernel. Optimisers that update ``variables["params"]`` leave it alone; pass it back to
-``apply`` with the other collections (``{**variables, "params": params}``).
+A linen module keeps no values of its own, so its hyperfan scales cannot be measured on the
+generator that ``hnet.init(key, ...)`` will draw. They are measured once per model
+structure, when the hypernetwork is planned, on :data:`DRAWS` initialisations of the
+embedding and generator with fixed keys (pooled per tensor: the scales give every tensor
+its target mean and std *in expectation*), and become constants of the plan: ``init``
+returns the same collections as without them.
+
+Warm start and low rank keep frozen arrays, in their own collection :data:`COLLECTION`
+(``"hypernn"``) next to ``params``: the warm-start ``base`` (measured on the generator
+``init`` draws, so ``hnet.apply(variables, x) == model.apply(pretrained, x)`` at step 0)
+and each adapted kernel's ``W0``. Optimisers that update ``variables["params"]`` leave it
+alone; pass it back to ``apply`` (``{**variables, "params": params}``).
 
     >>> import jax.numpy as jnp
     >>> from hypernn.layout import plan_layout
-    >>> from hypernn.default_inits import TargetInit
-    >>> layout = plan_layout([("w", (4, 25)), ("b", (4,))], kind="global", num_embeddings=4)
-    >>> raw = jnp.linspace(-3.0, 5.0, layout.generated_size)
-    >>> state = start_state(layout, raw, [TargetInit(0.2), TargetInit(0.0)], init="hyperfan", start=None)
-    >>> round(float(apply_start(raw, layout, state)[:100].std()), 4)
-    0.2
+    >>> layout = plan_layout([("w", (2, 2)), ("b", (2,))], kind="global", num_embeddings=2)
+    >>> raw = jnp.arange(6.0)
+    >>> base = warm_base(layout, raw, (2.0, 1.0), (0.0, 0.0), {"w": jnp.ones(4)})
+    >>> apply_start(raw, layout, (2.0, 1.0), (0.0, 0.0), base)
+    Array([1., 1., 1., 1., 4., 5.], dtype=float32)
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...default_inits import TargetInit
-from ...init import calibrate
 from ...layout import Layout
-from ..jaxstart import per_element, start_map
+from ..jaxstart import start_map
+from ..jaxstart import warm_base as warm_base
 
-__all__ = ["COLLECTION", "apply_start", "measure", "start_state"]
+__all__ = ["COLLECTION", "DRAWS", "apply_start", "measure", "warm_base"]
 
-#: the linen collection holding the start map and frozen low-rank weights
+#: the linen collection holding frozen arrays (warm-start base, low-rank ``W0``)
 COLLECTION = "hypernn"
+
+#: generator initialisations the plan-time hyperfan scales are measured on
+DRAWS = 8
 
 
 def measure(value: Any) -> Optional[tuple]:
@@ -44,27 +51,9 @@ def measure(value: Any) -> Optional[tuple]:
     return float(values.mean()), float(values.std())
 
 
-def start_state(layout: Layout, raw: jax.Array, targets: Sequence[TargetInit], *, init: str,
-                start: Optional[Mapping[str, jax.Array]]) -> Dict[str, jax.Array]:  # fmt: skip
-    """``{"scale", "shift"[, "base"]}`` for a generator whose raw flat output is ``raw``."""
-    if init == "hyperfan":
-        scale, shift = calibrate(layout, raw, targets, xp=jnp)
-    else:
-        scale, shift = jnp.ones(len(layout.slots), raw.dtype), jnp.zeros(len(layout.slots), raw.dtype)
-    state = {"scale": scale.astype(raw.dtype), "shift": shift.astype(raw.dtype)}
-    if start:
-        base = per_element(state["shift"], layout, 0.0)
-        for index, slot in enumerate(layout.slots):
-            if slot.name in start:
-                window = slice(slot.offset, slot.offset + slot.size)
-                values = jnp.asarray(start[slot.name], raw.dtype).reshape(-1)
-                base = base.at[window].set(values - state["scale"][index] * raw[window])
-        state["base"] = base
-    return state
-
-
-def apply_start(raw: jax.Array, layout: Layout, state: Optional[Mapping[str, jax.Array]]) -> jax.Array:
-    """The map on the raw flat output (identity without a state)."""
-    if state is None:
+def apply_start(raw: jax.Array, layout: Layout, scales: Optional[Sequence[float]], shifts: Sequence[float],
+                base: Optional[jax.Array] = None) -> jax.Array:  # fmt: skip
+    """The map on the raw flat output (identity without scales)."""
+    if scales is None:
         return raw
-    return start_map(raw, layout, state["scale"], state["shift"], state.get("base"))
+    return start_map(raw, layout, jnp.asarray(scales, raw.dtype), jnp.asarray(shifts, raw.dtype), base)

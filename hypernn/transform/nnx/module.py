@@ -22,7 +22,7 @@ from flax import nnx
 
 from ...calling import call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...errors import GeneratorOutputError, OptionTypeError, UnsupportedModelError
-from ...init import common_scale
+from ...init import calibrate, common_scale_of
 from ...layout import Layout, plan_layout
 from ...lowrank import LowRankWeight, factor_entries, select_low_rank
 from ...options import HypernetizeOptions
@@ -34,7 +34,7 @@ from ..jaxstart import merge_low_rank
 from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import factories
 from .introspect import FrozenWeight, GeneratedSlot, freeze_weights, param_specs, replace_with_slots, slot_paths
-from .start import build_output_affine, fold_common_scale, measure
+from .start import build_output_affine, fold_common_scale, is_traced, measure
 
 __all__ = ["HypernetizedNNX"]
 
@@ -157,11 +157,15 @@ class HypernetizedNNX(nnx.Module):
         """Hyperfan: fold the common scale into the generator, then plan the per-tensor map."""
         raw = self._raw_output(embedding_module, weight_generator, extra)
         if options.init == "hyperfan":
-            factor = common_scale(self.layout, raw, self.target_inits)
-            raw = fold_common_scale(weight_generator, self.weight_chunk_dim, factor, raw,
-                                    lambda: self._raw_output(embedding_module, weight_generator, extra))  # fmt: skip
+            scales, _ = calibrate(self.layout, raw, self.target_inits, xp=jnp)
+            linear = isinstance(weight_generator, (nnx.Linear, factories.MLPGenerator))
+            raw = fold_common_scale(weight_generator, self.weight_chunk_dim, common_scale_of(self.layout, scales, jnp),
+                                    raw, lambda: self._raw_output(embedding_module, weight_generator, extra),
+                                    linear=linear)  # fmt: skip
         start = start_values(chosen, self.low_rank_weights) if self.warm_start else None
-        self.start_targets = start_targets(self.layout, self.target_inits, start, low_rank=bool(self.low_rank_weights))
+        concrete = start and not any(is_traced(v) for v in start.values())
+        self.start_targets = (start_targets(self.layout, self.target_inits, start, low_rank=bool(self.low_rank_weights))
+                              if concrete else self.target_inits)  # fmt: skip
         return build_output_affine(self.layout, raw, self.target_inits, init=options.init, start=start)
 
     # ------------------------------------------------------------ construction
