@@ -1,0 +1,217 @@
+"""linen: hyperfan init, warm start, low-rank deltas, ``hypernn.materialize`` and ``hypernn.summary``.
+
+Init targets are checked against flax's own draws; low-rank outputs against the merge
+written out by hand. A linen hypernetwork's hyperfan scales are constants of its plan,
+measured on fixed-key generator draws, so every tensor starts at its target std in
+expectation; the checked tensors span many chunks, which keeps one draw close to it (a
+tensor inside one or two chunks varies more from draw to draw). In linen's compact
+naming ``nn.Dense(3)(nn.relu(nn.Dense(96)(h)))`` makes ``Dense_0`` the outer layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hypernn
+from hypernn import hypernetize
+from hypernn.errors import ConditionError, ConfigurationError, OptionTypeError, SelectionError
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+KEY = jax.random.key(0)
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, ids):
+        h = nn.Embed(40, 32)(ids)
+        h = nn.relu(nn.LayerNorm()(nn.Conv(48, (3,))(h))).mean(1)
+        return nn.Dense(3)(nn.relu(nn.Dense(96)(h)))
+
+
+IDS = jnp.arange(12).reshape(2, 6)
+
+
+def flax_reference_std(name: str, draws: int = 10) -> float:
+    path = name.split(".")
+    values = []
+    for seed in range(draws):
+        leaf = Net().init(jax.random.key(100 + seed), IDS)["params"]
+        for key in path:
+            leaf = leaf[key]
+        values.append(np.asarray(leaf).reshape(-1))
+    return float(np.concatenate(values).std())
+
+
+def generated(hnet, variables) -> dict:
+    params = hnet.apply(variables, method="generated_variables")
+    return {f"{layer}.{name}": np.asarray(value) for layer, leaves in params.items() for name, value in leaves.items()}
+
+
+@pytest.mark.parametrize("layout, num_embeddings", [("global", 40), ("per_tensor", 60)])
+def test_generated_std_is_the_layers_own_init_std_and_no_collection_is_added(layout, num_embeddings):
+    hnet = hypernetize(Net(), embedding_dim=8, num_embeddings=num_embeddings, layout=layout, example_inputs=(IDS,))
+    for seed in (1, 2):
+        variables = hnet.init(jax.random.key(seed), IDS)
+        assert sorted(variables) == ["params"]
+        tensors = generated(hnet, variables)
+        for name in ["Embed_0.embedding", "Conv_0.kernel", "Dense_1.kernel"]:  # Dense_1 is the 48 -> 96 layer
+            ratio = tensors[name].std() / flax_reference_std(name)
+            assert abs(ratio - 1) < 0.25, f"{name}: {ratio:.3f}"
+        for name, constant in [("Conv_0.bias", 0.0), ("Dense_1.bias", 0.0), ("LayerNorm_0.scale", 1.0)]:
+            assert abs(tensors[name].mean() - constant) < 0.01 and tensors[name].std() < 0.03, name
+
+
+def test_scales_are_plan_constants_measured_once_per_structure():
+    lazy = hypernetize(Net(), embedding_dim=8, num_embeddings=40)
+    variables = jax.jit(lazy.init)(KEY, IDS)  # planned (and measured) inside the trace
+    eager = hypernetize(Net(), embedding_dim=8, num_embeddings=40, example_inputs=(IDS,))
+    assert lazy.plan.scales == eager.plan.scales and len(eager.plan.scales) == len(eager.layout.slots)
+    np.testing.assert_allclose(jax.jit(lazy.apply)(variables, IDS), eager.apply(variables, IDS), **TOL)
+    plain = hypernetize(Net(), embedding_dim=8, num_embeddings=40, example_inputs=(IDS,), init="default")
+    assert plain.plan.scales is None
+    flat, _ = plain.apply(variables, method="generate_params")
+    params = variables["params"]
+    raw = (params["embedding_module"]["embedding"] @ params["weight_generator"]["kernel"]
+           + params["weight_generator"]["bias"]).reshape(-1)  # fmt: skip
+    np.testing.assert_allclose(flat, raw, **TOL)
+
+
+# ---------------------------------------------------------------- warm start
+
+
+def test_warm_start_equals_the_pretrained_model_then_training_moves_away():
+    pretrained = Net().init(KEY, IDS)
+    hnet = hypernetize(Net(), embedding_dim=8, num_embeddings=40, warm_start=True, variables=pretrained)
+    variables = hnet.init(jax.random.key(1), IDS)
+    assert sorted(variables) == ["hypernn", "params"]
+    np.testing.assert_allclose(hnet.apply(variables, IDS), Net().apply(pretrained, IDS), **TOL)
+    y = jax.random.normal(jax.random.key(2), (2, 3))
+    optimizer = optax.adam(1e-2)
+    params, frozen = variables["params"], {"hypernn": variables["hypernn"]}
+    state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((hnet.apply({**frozen, "params": p}, IDS) - y) ** 2))(params)
+        updates, state = optimizer.update(grads, state)
+        return optax.apply_updates(params, updates), state, loss, grads
+
+    losses = []
+    for _ in range(10):
+        params, state, loss, grads = step(params, state)
+        losses.append(float(loss))
+    assert float(jnp.abs(grads["weight_generator"]["kernel"]).sum()) > 0
+    assert losses[-1] < losses[0]
+
+
+def test_warm_start_needs_the_models_variables_and_apply_needs_the_collection():
+    with pytest.raises(ConfigurationError, match=r"`warm_start=True` for a linen model starts from its trained variables: "
+                                                 r"pass them as `variables=`"):
+        hypernetize(Net(), embedding_dim=8, num_embeddings=40, warm_start=True, example_inputs=(IDS,))
+    hnet = hypernetize(Net(), embedding_dim=8, num_embeddings=40, warm_start=True, variables=Net().init(KEY, IDS))
+    variables = hnet.init(KEY, IDS)
+    with pytest.raises(OptionTypeError, match=r"`variables` lack the 'hypernn' collection .* Collections given: \['params'\]"):
+        hnet.apply({"params": variables["params"]}, IDS)
+
+
+# ---------------------------------------------------------------- low rank
+
+
+class Small(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Conv(4, (3, 3))(x))
+        return nn.Dense(5)(h.reshape(x.shape[0], -1))
+
+
+X = jax.random.normal(jax.random.key(3), (3, 4, 4, 2))
+
+
+def hand_low_rank(pretrained, flat, scale, x, rank=2):
+    """Factors cut by hand (layout order: Conv_0 A, B, Dense_0 A, B), merged ``W0 + s (A B).T``."""
+    params, offset, merged = pretrained["params"], 0, {}
+    for name in ("Conv_0", "Dense_0"):
+        w0 = params[name]["kernel"]
+        out, fan = w0.shape[-1], math.prod(w0.shape[:-1])
+        a = flat[offset : offset + out * rank].reshape(out, rank)
+        offset += out * rank
+        b = flat[offset : offset + rank * fan].reshape(rank, fan)
+        offset += rank * fan
+        merged[name] = w0 + scale * (a @ b).T.reshape(w0.shape)
+    h = jax.lax.conv_general_dilated(x, merged["Conv_0"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(h + params["Conv_0"]["bias"])
+    return h.reshape(x.shape[0], -1) @ merged["Dense_0"] + params["Dense_0"]["bias"]
+
+
+@pytest.mark.parametrize("scale, warm_start", [(1.0, False), (0.5, True)])
+def test_low_rank_outputs_equal_the_hand_written_merge(scale, warm_start):
+    pretrained = Small().init(KEY, X)
+    hnet = hypernetize(Small(), embedding_dim=4, num_embeddings=8, low_rank=2, low_rank_scale=scale,
+                       warm_start=warm_start, variables=pretrained, example_inputs=(X,))  # fmt: skip
+    variables = hnet.init(jax.random.key(1), X)
+    bases = variables["hypernn"]["low_rank_bases"]
+    np.testing.assert_array_equal(bases["Dense_0.kernel"], pretrained["params"]["Dense_0"]["kernel"])
+    assert sorted(variables["params"]) == ["embedding_module", "target_network", "weight_generator"]
+    out, flat, _ = hnet.apply(variables, X, has_aux=True)
+    np.testing.assert_allclose(out, hand_low_rank(pretrained, flat, scale, X), **TOL)
+    if warm_start:
+        np.testing.assert_allclose(out, Small().apply(pretrained, X), **TOL)
+    plain = hypernn.materialize(hnet, variables)
+    np.testing.assert_allclose(Small().apply(plain, X), out, **TOL)
+    summary = hypernn.summary(hnet, variables)
+    assert summary.generated_values == 2 * (4 + 18) + 2 * (5 + 64)
+    assert summary.replaced_values == 4 * 18 + 5 * 64 and summary.frozen_params >= summary.replaced_values
+
+
+def test_low_rank_refuses_unsupported_tensors():
+    with pytest.raises(SelectionError, match=r"also holds 'Dense_0\.bias' \(Dense\)"):
+        hypernetize(Small(), embedding_dim=4, num_embeddings=8, low_rank=2, targets=["Dense_0"], example_inputs=(X,))
+
+
+def test_dynamic_low_rank_adapters_equal_the_loop():
+    hnet = hypernetize(Small(), embedding_dim=4, num_embeddings=8, low_rank=2, warm_start=False, condition_dim=3,
+                       example_inputs=(X,))  # fmt: skip
+    c = jax.random.normal(jax.random.key(4), (3, 3))
+    variables = hnet.init(KEY, X, condition=c)
+    film = variables["params"]["condition_module"]
+    variables["params"]["condition_module"] = jax.tree_util.tree_map(
+        lambda v: 0.5 * jax.random.normal(jax.random.key(5), v.shape), film)
+    out = hnet.apply(variables, X, condition=c)
+    loop = jnp.concatenate([hnet.apply(variables, X[i : i + 1], condition=c[i]) for i in range(3)])
+    np.testing.assert_allclose(out, loop, **TOL)
+    assert not np.allclose(out, hnet.apply(variables, X, condition=c[0]))
+    plain = hypernn.materialize(hnet, variables, condition=c[1])
+    np.testing.assert_allclose(Small().apply(plain, X[1:2]), out[1:2], **TOL)
+    with pytest.raises(ConditionError, match=r"materializing a dynamic hypernetwork needs the condition"):
+        hypernn.materialize(hnet, variables)
+    with pytest.raises(ConditionError, match=r"materialize needs one condition .* not a batch: got shape \(3, 3\)"):
+        hypernn.materialize(hnet, variables, condition=c)
+    assert "at the zero condition" in str(hypernn.summary(hnet, variables))
+
+
+# ---------------------------------------------------------------- materialize and summary
+
+
+def test_materialize_round_trip_summary_and_errors():
+    hnet = hypernetize(Net(), embedding_dim=8, num_embeddings=40, example_inputs=(IDS,))
+    variables = hnet.init(KEY, IDS)
+    plain = hypernn.materialize(hnet, variables)
+    np.testing.assert_allclose(Net().apply(plain, IDS), hnet.apply(variables, IDS), **TOL)
+    summary = hypernn.summary(hnet, variables)
+    rows = {row.name: row for row in summary.tensors}
+    tensors = generated(hnet, variables)
+    assert rows["Dense_1.kernel"].generated_std == pytest.approx(float(tensors["Dense_1.kernel"].std()), rel=1e-5)
+    assert rows["Dense_1.kernel"].target_std == pytest.approx(1 / math.sqrt(48))  # Dense_1: the 48 -> 96 layer
+    assert summary.hypernetwork_params == sum(np.size(v) for v in jax.tree_util.tree_leaves(variables["params"]))
+    assert summary.target_params == sum(np.size(v) for v in jax.tree_util.tree_leaves(Net().init(KEY, IDS)["params"]))
+    with pytest.raises(OptionTypeError, match=r"materialize of a linen hypernetwork needs its variables"):
+        hypernn.materialize(hnet)
+    with pytest.raises(ConditionError, match=r"`condition` is only for dynamic hypernetworks"):
+        hypernn.materialize(hnet, variables, condition=jnp.zeros(2))
