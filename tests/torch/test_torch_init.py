@@ -308,3 +308,14 @@ def test_target_init_rules_match_torchs_own_draws(layer):
         else:
             assert abs(values.std().item() / init.std - 1) < 0.05, f"{spec.name}: {init.rule}"
             assert abs(values.mean().item()) < 0.05 * init.std, spec.name
+
+
+@pytest.mark.parametrize("options", [{}, {"warm_start": True}, {"low_rank": 2}])
+def test_on_the_meta_device_the_map_is_a_placeholder_of_the_right_shapes(options):
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 2))
+    hnet = hypernetize(model, embedding_dim=3, num_embeddings=4, **options)
+    real = hypernetize(nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 2)), embedding_dim=3,
+                       num_embeddings=4, **options)  # fmt: skip
+    assert hnet.output_affine.scale.is_meta
+    assert {k: v.shape for k, v in hnet.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}

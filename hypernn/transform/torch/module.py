@@ -146,11 +146,12 @@ class HypernetizedModule(nn.Module):
         self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=reference.device), persistent=False)
         del self._factories  # may hold lambdas; not needed after construction
         raw = self._probe()
-        if options.init == "hyperfan":  # the common part of the scales goes into the generator's parameters
+        if options.init == "hyperfan" and not raw.is_meta:  # the common part of the scales goes into the generator
             factor = common_scale(self.layout, numpy_of(raw), self.target_inits)
             raw = fold_common_scale(self.weight_generator, self.weight_chunk_dim, factor, raw, self._probe)
         start = start_values(chosen, self.low_rank_weights) if self.warm_start else None
-        self.start_targets = start_targets(self.layout, self.target_inits, start and {n: numpy_of(torch.as_tensor(v))
+        concrete = start and not raw.is_meta
+        self.start_targets = start_targets(self.layout, self.target_inits, concrete and {n: numpy_of(torch.as_tensor(v))
                                            for n, v in start.items()}, low_rank=bool(self.low_rank_weights))  # fmt: skip
         self.output_affine = build_output_affine(self.layout, raw.reshape(-1), self.target_inits, init=options.init,
                                                  start=start)  # fmt: skip

@@ -30,8 +30,11 @@ def numpy_of(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float64).numpy()
 
 
-def measure(tensor: torch.Tensor) -> Tuple[float, float]:
-    """``(mean, std)`` of a tensor's values (population std), for unknown layers."""
+def measure(tensor: torch.Tensor) -> Optional[Tuple[float, float]]:
+    """``(mean, std)`` of a tensor's values (population std), for unknown layers; ``None``
+    on the meta device (no values)."""
+    if tensor.is_meta:
+        return None
     values = numpy_of(tensor)
     return float(values.mean()), float(values.std())
 
@@ -84,7 +87,7 @@ def fold_common_scale(generator: nn.Module, chunk_dim: int, factor: float, raw: 
     that scales its output by ``factor`` (checked by running ``probe`` again; otherwise the
     layer is restored); returns the raw output the generator now gives."""
     layer = _last_linear(generator, chunk_dim)
-    if layer is None or factor == 1.0:
+    if layer is None or factor == 1.0 or raw.is_meta:
         return raw
     params = [p for p in (layer.weight, layer.bias) if p is not None]
     saved = [p.clone() for p in params]
@@ -108,7 +111,16 @@ def build_output_affine(
     start: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Optional[OutputAffine]:
     """The map for a generator whose raw flat output at construction is ``raw``;
-    ``None`` when nothing changes (``init="default"`` without warm start)."""
+    ``None`` when nothing changes (``init="default"`` without warm start). On the meta
+    device (no values to measure) the map is a placeholder of the right shapes (scale 1,
+    shift 0), to be filled by ``load_state_dict``."""
+    if raw.is_meta:
+        if init == "default" and not start:
+            return None
+        count = len(layout.slots)
+        base = np.zeros(layout.generated_size) if start else None
+        affine = OutputAffine(layout, [1.0] * count, [0.0] * count, base, dtype=raw.dtype, device="cpu")
+        return affine.to("meta")
     values = None if start is None else {name: numpy_of(torch.as_tensor(t)) for name, t in start.items()}
     plan = plan_output_affine(layout, numpy_of(raw), targets, init=init, start=values)
     if plan is None:
