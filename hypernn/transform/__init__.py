@@ -83,6 +83,16 @@ def hypernetize(model: Any = None, /, **options: Any) -> Any:
             params and other collections). Without them it is traced at the first
             ``init``/``apply``.
         rngs: flax NNX only (required there): ``nnx.Rngs`` for the hypernetwork's modules.
+        condition_dim, num_conditions, condition_factory, condition_keyword: make a dynamic
+            hypernetwork (see :class:`~hypernn.options.HypernetizeOptions`).
+        init: where generated tensors start: ``"hyperfan"`` (default: each at the mean and
+            std of its own layer's default init) or ``"default"`` (hyper-nn's plain
+            generator output); see :mod:`hypernn.init`.
+        warm_start: start at the model's current weights (``hnet(x) == model(x)`` at step
+            0; linen: from ``variables=``). Default: ``True`` with ``low_rank``, else ``False``.
+        low_rank: generate rank-``low_rank`` factors of a delta for each selected weight of a
+            Linear/Conv (torch) or Dense/Conv (flax) layer, ``W0`` frozen (see
+            :mod:`hypernn.lowrank`); ``low_rank_scale`` multiplies the delta (default 1).
 
     Returns:
         A module of the model's framework whose call takes what the model takes.

@@ -135,6 +135,18 @@ def test_summary_rows_and_totals_are_data_and_print():
     assert f"target params {summary.target_params:,}" in text and f"compression {summary.compression_ratio:.1f}x" in text
 
 
+def test_the_summary_function_equals_the_method_and_checks_its_arguments():
+    hnet = hypernetize(cnn(), embedding_dim=4, num_embeddings=6)
+    assert hypernn.summary(hnet).tensors == hnet.summary().tensors
+    assert hypernn.summary(torch.compile(hnet)).totals() == hnet.summary().totals()
+    with pytest.raises(OptionTypeError, match=r"`variables` is only for flax linen hypernetworks"):
+        hypernn.summary(hnet, {"params": {}})
+    with pytest.raises(ConditionError, match=r"`condition` is only for dynamic hypernetworks"):
+        hypernn.summary(hnet, condition=torch.zeros(2))
+    with pytest.raises(UnsupportedModelError, match=r"`hnet` must be a hypernetwork made by hypernn\.hypernetize; got Sequential"):
+        hypernn.summary(cnn())
+
+
 def test_summary_of_a_warm_start_compares_with_the_models_values():
     model = cnn()
     hnet = hypernetize(model, embedding_dim=4, num_embeddings=6, warm_start=True)
