@@ -13,16 +13,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from ...calling import call_arguments, call_hypernetwork, check_condition_keyword, check_reserved, route_condition
 from ...errors import ConditionError, ConfigurationError, OptionTypeError, UnsupportedModelError
 from ...options import HypernetizeOptions
 from ..jaxconditions import check_condition
+from ..jaxconv import patches_conv
 from ..jaxpersample import map_samples, with_sample_axis
 from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import conditioning
@@ -151,6 +153,7 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
         graphdef, keys, rest = nnx.split(self.target_network, nnx.RngKey, ...)
         batched_keys = jax.tree_util.tree_map(lambda key: jax.random.split(key, batch), keys)
         slot_paths = self._slot_paths
+        conv_paths = frozenset(path[:-1] for path, _ in slot_paths if path[-1] == "kernel")
 
         def run(sample: Any, *sample_args: Any, shared: nnx.State, **sample_kwargs: Any) -> Any:
             tensors, sample_keys = sample
@@ -158,9 +161,7 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
             for path, name in slot_paths:
                 flat[path] = GeneratedSlot(tensors[name])
             model = nnx.merge(graphdef, sample_keys, nnx.from_flat_state(flat), **_MERGE_COPY)
-            for _, node in nnx.graph.iter_graph(model):
-                if isinstance(node, nnx.BatchNorm):
-                    node.axis_name = with_sample_axis(node.axis_name)
+            _per_sample_layers(model, conv_paths)
             output = model(*sample_args, **sample_kwargs)
             return output, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, GeneratedSlot, nnx.RngKey)))
 
@@ -184,6 +185,18 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
         return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
                                  assert_parameter_shapes=assert_parameter_shapes,
                                  generate_params_kwargs=generate_kwargs)  # fmt: skip
+
+
+def _per_sample_layers(model: nnx.Module, conv_paths: FrozenSet[Tuple[Any, ...]]) -> None:
+    """On the merged copy the sample ``vmap`` runs: batch norm layers also reduce over the
+    sample axis (whole-batch statistics with per-sample weights), and convolutions whose
+    kernel is generated (module paths ``conv_paths``) run as patches times kernel
+    (:mod:`hypernn.transform.jaxconv`)."""
+    for path, node in nnx.graph.iter_graph(model):
+        if isinstance(node, nnx.BatchNorm):
+            node.axis_name = with_sample_axis(node.axis_name)
+        elif isinstance(node, nnx.Conv) and tuple(path) in conv_paths and node.conv_general_dilated is lax.conv_general_dilated:
+            node.conv_general_dilated = patches_conv
 
 
 def _merge_sample_state(updated: nnx.State) -> nnx.State:
