@@ -9,7 +9,9 @@ flax, never torch).
     (1, 8)
 """
 
+from .dynamic_hypernet import JaxDynamicEmbeddingModule as JaxDynamicEmbeddingModule
+from .dynamic_hypernet import JaxDynamicHyperNetwork as JaxDynamicHyperNetwork
 from .hypernet import JaxHyperNetwork as JaxHyperNetwork
 from .linear_hypernet import JaxLinearHyperNetwork as JaxLinearHyperNetwork
 
-__all__ = ["JaxHyperNetwork", "JaxLinearHyperNetwork"]
+__all__ = ["JaxDynamicEmbeddingModule", "JaxDynamicHyperNetwork", "JaxHyperNetwork", "JaxLinearHyperNetwork"]

@@ -182,11 +182,11 @@ class JaxHyperNetwork(LinenHypernetwork, HyperNetwork):
         return self._run_target(generated_params, args, kwargs)
 
     def _run_target(self, generated_params: jax.Array, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        # the backend's target_forward, on the values the target uses (hyper-nn ignores the rest)
-        return LinenHypernetwork.target_forward(
-            self, *args, generated_params=generated_params[..., : self.layout.num_params],
-            assert_parameter_shapes=False, **kwargs,
-        )  # fmt: skip
+        # the backend's target_forward (static, or per sample for a dynamic subclass), on the
+        # values the target uses (hyper-nn ignores the rest)
+        return super(JaxHyperNetwork, self).target_forward(
+            *args, generated_params=generated_params[..., : self.layout.num_params], assert_parameter_shapes=False, **kwargs
+        )
 
     def forward(
         self,
