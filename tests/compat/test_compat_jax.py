@@ -260,3 +260,12 @@ def test_vmap_over_vectors_and_direct_construction():
     direct_variables = direct.init(jax.random.key(0), X[:1])
     apply = functools.partial(direct.apply, direct_variables)
     np.testing.assert_allclose(apply(X), hand_mlp(hand_flat(direct_variables["params"]), X), rtol=1e-5, atol=1e-6)
+
+
+def test_generated_variables_and_layout():
+    hnet, variables = build()
+    params = hnet.apply(variables, method=hnet.generated_variables)
+    expected = hand_tree(hand_flat(variables["params"]))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), params, expected)
+    np.testing.assert_allclose(mlp().apply({"params": params}, X), hnet.apply(variables, X), rtol=1e-6)
+    assert "4 chunks x 17 = 68 generated values for 67 target values (1 unused)" in hnet.layout.describe()

@@ -392,3 +392,14 @@ def test_functional_param_vector_wrapper():
         wrapper(vector[:41], x)
     with pytest.raises(GeneratedParamsTypeError, match=r"`param_vector` must be a torch.Tensor; got list"):
         wrapper([0.0], x)
+
+
+def test_hypernn_extras_materialize_and_generated_state_dict():
+    hnet = build()
+    x = torch.randn(3, 4)
+    plain = hnet.materialize()
+    assert type(plain) is nn.Sequential and all(isinstance(p, nn.Parameter) for p in plain.parameters())
+    torch.testing.assert_close(plain(x), hnet(x))
+    weights = hnet.generated_state_dict()
+    torch.testing.assert_close(weights["2.bias"], hand_flat(hnet)[64:67])
+    assert "4 chunks x 17 = 68 generated values for 67 target values (1 unused)" in hnet.layout.describe()
