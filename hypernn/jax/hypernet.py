@@ -128,6 +128,12 @@ class JaxHyperNetwork(LinenHypernetwork, HyperNetwork):
         """``nn.Dense(weight_chunk_dim)``."""
         return nn.Dense(self._chunk_dim())
 
+    def _probe(self) -> None:
+        # An overridden generate_params decides itself how the modules fit together (and
+        # may need inputs): nothing to probe then.
+        if _generates_by_default(type(self)):
+            super()._probe()
+
     def _chunk_dim(self) -> int:
         return self.weight_chunk_dim if self.weight_chunk_dim is not None else self.layout.chunk_dim
 
@@ -254,8 +260,7 @@ class JaxHyperNetwork(LinenHypernetwork, HyperNetwork):
         hnet = cls(target_network=target_network, num_target_parameters=total, target_treedef=treedef,
                    target_weight_shapes=shapes, embedding_dim=embedding_dim, num_embeddings=num_embeddings,
                    weight_chunk_dim=chunk, hypernn_plan=plan, **kwargs)  # fmt: skip
-        if _generates_by_default(cls):
-            hnet._probe()
+        hnet._probe()
         return hnet
 
     def save(self, params: Any, path: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +59,6 @@ def count_jax_params(
     With ``return_variables=True`` returns ``(count, variables)`` from a real
     ``model.init(jax.random.key(0), ...)``; otherwise the structure is traced abstractly.
     """
-    import flax.linen as nn
-
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"`model` must be a flax.linen.Module; got {type(model).__name__} ({model!r:.80}).")
     arguments = example_inputs(input_shape, inputs)

@@ -269,3 +269,10 @@ def test_generated_variables_and_layout():
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), params, expected)
     np.testing.assert_allclose(mlp().apply({"params": params}, X), hnet.apply(variables, X), rtol=1e-6)
     assert "4 chunks x 17 = 68 generated values for 67 target values (1 unused)" in hnet.layout.describe()
+
+
+def test_direct_construction_of_a_subclass_with_its_own_generate_params():
+    hnet = TaskHypernetwork(target_network=mlp(), embedding_dim=5, num_embeddings=4, weight_chunk_dim=17)
+    task = jnp.array([1.0, 0.0])
+    variables = hnet.init(jax.random.key(0), X[:1], generate_params_kwargs={"task": task})  # traced here, not probed
+    assert hnet.apply(variables, X, generate_params_kwargs={"task": task}).shape == (6, 3)
