@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
@@ -32,6 +33,8 @@ from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
 from ...specs import ParamSpec
 from . import factories
+from .reuse import GeneratedWeightsCache, can_reuse
+from .swap import ParameterSlots
 from .introspect import copy_without, param_specs, refresh_derived_state, remove_parameters, untrack_generated_weights
 
 __all__ = ["RESERVED_KEYWORDS", "HypernetizedModule"]
@@ -257,11 +260,21 @@ class HypernetizedModule(nn.Module):
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
         tensors = self.unflatten(generated_params)
+        if not self._stateful_owners and not torch.compiler.is_compiling():
+            with self._parameter_slots().filled(self._target, tensors):
+                return self._target(*args, **kwargs)
         try:
             return functional_call(self._target, tensors, args, kwargs, tie_weights=False, strict=False)
         finally:
             if self._stateful_owners:
                 refresh_derived_state(self._target, self._stateful_owners)
+
+    def _parameter_slots(self) -> ParameterSlots:
+        """Where the generated tensors go for a call (resolved once per target object)."""
+        slots = self.__dict__.get("_slots")
+        if slots is None:
+            slots = self.__dict__["_slots"] = ParameterSlots()
+        return slots
 
     def forward(
         self,
@@ -277,9 +290,41 @@ class HypernetizedModule(nn.Module):
         Returns the model's output, or ``(output, generated_params, aux)`` with
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
+        if generated_params is None and not generate_params_kwargs and self._reuses_generated_weights():
+            generated_params, aux = self._generated_cache().get(*self._generating_tensors(), self.generate_params)
+            output = self.target_forward(*args, generated_params=generated_params, assert_parameter_shapes=False, **kwargs)
+            return (output, generated_params, aux) if has_aux else output
         return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
                                  assert_parameter_shapes=assert_parameter_shapes,
                                  generate_params_kwargs=generate_params_kwargs)  # fmt: skip
+
+    # ------------------------------------------------------------ reusing generated weights
+
+    #: reuse generated weights in eval mode without autograd (see :mod:`.reuse`)
+    reuse_generated_weights: bool = True
+
+    def _reuses_generated_weights(self) -> bool:
+        # only the library's own generate_params is known to depend on nothing but tensors
+        return (self.reuse_generated_weights and type(self).generate_params is HypernetizedModule.generate_params
+                and can_reuse(self))  # fmt: skip
+
+    def _generating_tensors(self) -> Tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]:
+        """``(parameters, buffers)`` generation may read: all but the target's."""
+        modules = [module for name, module in self._modules.items() if name != "target_network" and module is not None]
+        parameters = itertools.chain((p for p in self._parameters.values() if p is not None),
+                                     *(m.parameters() for m in modules))  # fmt: skip
+        buffers = itertools.chain((b for b in self._buffers.values() if b is not None), *(m.buffers() for m in modules))
+        return parameters, buffers
+
+    def _generated_cache(self) -> GeneratedWeightsCache:
+        cache = self.__dict__.get("_generated_weights_cache")
+        if cache is None:
+            cache = self.__dict__["_generated_weights_cache"] = GeneratedWeightsCache()
+        return cache
+
+    def clear_generated_cache(self) -> None:
+        """Forget reused generated weights (needed only after edits through ``param.data``)."""
+        self._generated_cache().clear()
 
     # ------------------------------------------------------------ the inverse
 
