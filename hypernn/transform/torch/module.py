@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from ...checkpoint import check_checkpoint, strip_wrapper_prefixes
 from ...layout import Layout, plan_layout
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
+from ...specs import ParamSpec
 from . import factories
 from .reuse import GeneratedWeightsCache, can_reuse
 from .swap import ParameterSlots
@@ -111,28 +112,38 @@ class HypernetizedModule(nn.Module):
     def _build(self, model: nn.Module, options: HypernetizeOptions) -> None:
         _check_model(model)
         self._check_forward_arguments(model, options)
-        chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude,
-                        model_name=type(model).__name__).chosen  # fmt: skip
-        self.layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
-                                  chunk_dim=options.chunk_dim)  # fmt: skip
+        chosen, self.layout = self._plan(model, options)
         self.selection = Selection(tuple(s.without_value() for s in chosen), type(model).__name__)
         self.embedding_dim = self.generator_input_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
         self._factories = (factories.resolve(options.embedding_factory) or factories.default_embedding,
                            factories.resolve(options.generator_factory) or factories.default_generator)  # fmt: skip
-        reference = chosen[0].value
-        placement = dict(device=reference.device, dtype=reference.dtype)
+        reference = chosen[0].value if chosen else None  # none: a subclass planned an empty layout
+        placement = dict(device=reference.device, dtype=reference.dtype) if reference is not None else {}
         self.embedding_module = self._checked_module(self.make_embedding_module(), "embedding_factory").to(**placement)
         self._build_extra_modules(options, placement)
         self.weight_generator = self._checked_module(self.make_weight_generator(), "generator_factory").to(**placement)
-        self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=reference.device), persistent=False)
+        self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=placement.get("device")), persistent=False)
         del self._factories  # may hold lambdas; not needed after construction
         self._probe()
         # Everything that can fail on user input has run: now the model (or its copy) changes.
         target = model if options.inplace else copy_without(model, chosen)
         self._stateful_owners = remove_parameters(target, [n for s in chosen for n in s.names])
         self.target_network = target
+
+    def _plan(self, model: nn.Module, options: HypernetizeOptions) -> Tuple[List[ParamSpec], Layout]:
+        """The tensors to generate and their layout (a hook for subclasses)."""
+        chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude,
+                        model_name=type(model).__name__).chosen  # fmt: skip
+        layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
+                             chunk_dim=options.chunk_dim)  # fmt: skip
+        return list(chosen), layout
+
+    @property
+    def _target(self) -> nn.Module:
+        # Read through ``_modules``: subclasses (the hyper-nn API) give ``target_network`` its old meaning.
+        return self._modules["target_network"]
 
     def _check_forward_arguments(self, model: nn.Module, options: HypernetizeOptions) -> None:
         check_reserved(model.forward, f"{type(model).__name__}.forward")
@@ -250,13 +261,13 @@ class HypernetizedModule(nn.Module):
             self.assert_parameter_shapes(generated_params)
         tensors = self.unflatten(generated_params)
         if not self._stateful_owners and not torch.compiler.is_compiling():
-            with self._parameter_slots().filled(self.target_network, tensors):
-                return self.target_network(*args, **kwargs)
+            with self._parameter_slots().filled(self._target, tensors):
+                return self._target(*args, **kwargs)
         try:
-            return functional_call(self.target_network, tensors, args, kwargs, tie_weights=False, strict=False)
+            return functional_call(self._target, tensors, args, kwargs, tie_weights=False, strict=False)
         finally:
             if self._stateful_owners:
-                refresh_derived_state(self.target_network, self._stateful_owners)
+                refresh_derived_state(self._target, self._stateful_owners)
 
     def _parameter_slots(self) -> ParameterSlots:
         """Where the generated tensors go for a call (resolved once per target object)."""
@@ -323,7 +334,7 @@ class HypernetizedModule(nn.Module):
         The inverse of hypernetization (like PEFT's ``merge_and_unload``): the result is an
         instance of the original model class, independent of this hypernetwork.
         """
-        model = copy_without(self.target_network, [])
+        model = copy_without(self._target, [])
         generated = self.generated_state_dict(**generate_params_kwargs)
         for slot in self.layout.slots:
             parameter = nn.Parameter(generated[slot.name].clone())
