@@ -23,7 +23,7 @@ from ...calling import call_arguments, call_hypernetwork, check_condition_keywor
 from ...errors import ConditionError, OptionTypeError, UnsupportedModelError
 from ..jaxconditions import check_condition
 from ..jaxconv import patches_conv
-from ..jaxpersample import map_samples, split_keys, with_sample_axis
+from ..jaxpersample import drop_sample_batch_axis, map_samples, split_keys, with_sample_axis
 from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import conditioning, factories
 from .module import HypernetizedLinen, LinenHypernetwork, _checked, check_call_signature
@@ -204,7 +204,8 @@ class LinenDynamicHypernetwork(LinenHypernetwork):
 def _merge_sample_updates(updates: Mapping[str, Mapping[str, Any]], existing: Mapping[str, Any]) -> Dict[str, Any]:
     """One update per collection from ``B`` per-sample ones: the model's own state (batch
     statistics, reduced over the sample axis, so equal in every sample) from sample 0;
-    collections created by the call (sown ``intermediates``) per sample."""
+    collections created by the call (sown ``intermediates``) per sample, laid out like the
+    outputs."""
     merged: Dict[str, Any] = {}
     for collection, keyed in updates.items():
         if collection in _PER_SAMPLE_STATE:
@@ -215,7 +216,7 @@ def _merge_sample_updates(updates: Mapping[str, Mapping[str, Any]], existing: Ma
         if collection in existing:
             merged[collection] = jax.tree_util.tree_map(lambda leaf: leaf[0], keyed)
         else:
-            merged[collection] = keyed
+            merged[collection] = jax.tree_util.tree_map(drop_sample_batch_axis, keyed)
     return merged
 
 
