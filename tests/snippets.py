@@ -22,6 +22,8 @@ import dataclasses
 import io
 import pathlib
 import re
+import sys
+import types
 from typing import Any, Dict, List, Optional, Tuple
 
 OPENING = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
@@ -94,18 +96,29 @@ def run_python_blocks(path: pathlib.Path, namespace: Optional[Dict[str, Any]] = 
     Raises:
         AssertionError: a block's shown output is not what it printed.
     """
-    namespace = {"__name__": f"snippets_{path.stem}"} if namespace is None else namespace
+    # a real module, registered while the blocks run: dataclasses (flax modules) and
+    # pickle look classes up by their module's name
+    module = types.ModuleType("snippets_" + re.sub(r"\W", "_", path.stem))
+    if namespace is not None:
+        module.__dict__.update(namespace)
     text = path.read_text()
     shown = _shown_outputs(text)
-    for index, block in enumerate(code_blocks(text)):
-        if block.language != "python":
-            continue
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(compile("\n" * (block.line - 1) + block.code, str(path), "exec"), namespace)  # noqa: S102
-        if index in shown and _loose(shown[index].code) not in _loose(printed.getvalue()):
-            raise AssertionError(
-                f"{path}:{shown[index].line}: the output shown is not what the block above printed.\n"
-                f"shown:\n{shown[index].code}\nprinted:\n{printed.getvalue()}"
-            )
-    return namespace
+    sys.modules[module.__name__] = module
+    try:
+        for index, block in enumerate(code_blocks(text)):
+            if block.language == "python":
+                _run(block, path, module.__dict__, shown.get(index))
+    finally:
+        del sys.modules[module.__name__]
+    return module.__dict__
+
+
+def _run(block: Block, path: pathlib.Path, namespace: Dict[str, Any], shown: Optional[Block]) -> None:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile("\n" * (block.line - 1) + block.code, str(path), "exec"), namespace)  # noqa: S102
+    if shown is not None and _loose(shown.code) not in _loose(printed.getvalue()):
+        raise AssertionError(
+            f"{path}:{shown.line}: the output shown is not what the block above printed.\n"
+            f"shown:\n{shown.code}\nprinted:\n{printed.getvalue()}"
+        )
