@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 #: what the page reports about itself, evaluated after it loads
 PAGE_FACTS = """JSON.stringify({
@@ -53,11 +53,11 @@ LOAD_TIMEOUT_S = 30.0
 def site_pages(site: pathlib.Path) -> List[str]:
     """Every page of the built site as a URL path (``""``, ``"guides/torch/"``, ...).
 
-    >>> import tempfile
-    >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> for p in ("index.html", "api/torch/index.html", "404.html", "assets/x.html"):
-    ...     (root / p).parent.mkdir(parents=True, exist_ok=True); _ = (root / p).write_text("")
-    >>> site_pages(root)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     for name in ("index.html", "api/torch/index.html", "404.html", "assets/x/index.html"):
+    ...         (pathlib.Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+    ...         _ = (pathlib.Path(folder) / name).write_text("")
+    ...     site_pages(pathlib.Path(folder))
     ['', 'api/torch/']
     """
     pages = []
@@ -246,9 +246,9 @@ def served(site: pathlib.Path) -> Iterator[str]:
         server.wait()
 
 
-def check_pages(chromium: str, origin: str, pages: List[str], screenshot: Optional[pathlib.Path]) -> Dict[str, List[str]]:
-    """Load every page in one tab; ``{page: problems}``."""
-    results: Dict[str, List[str]] = {}
+def check_pages(chromium: str, origin: str, pages: List[str], screenshot: Optional[pathlib.Path]) -> Dict[str, Tuple[List[str], str]]:
+    """Load every page in one tab; ``{page: (problems, what it shows)}``."""
+    results: Dict[str, Tuple[List[str], str]] = {}
     with tempfile.TemporaryDirectory(prefix="docs-check-") as profile:
         browser = DevTools(chromium, profile)
         try:
@@ -269,14 +269,17 @@ def check_pages(chromium: str, origin: str, pages: List[str], screenshot: Option
     return results
 
 
-def load_and_judge(browser: DevTools, session: str, origin: str, page: str) -> List[str]:
+def load_and_judge(browser: DevTools, session: str, origin: str, page: str) -> Tuple[List[str], str]:
+    """Load ``page``, let it settle, and judge it: ``(problems, what it shows)``."""
     browser.events = []
     browser.send("Page.navigate", {"url": f"{origin}/{page}"}, session)
     if not browser.wait_for(lambda event: event["method"] == "Page.loadEventFired", LOAD_TIMEOUT_S):
-        return [f"did not finish loading within {LOAD_TIMEOUT_S} s"]
+        return [f"did not finish loading within {LOAD_TIMEOUT_S} s"], ""
     browser.settle(SETTLE_S, limit=10 * SETTLE_S)
-    facts = json.loads(browser.send("Runtime.evaluate", {"expression": PAGE_FACTS, "returnByValue": True}, session)["result"]["value"])
-    return page_problems(page, browser.events, facts, origin)
+    reply = browser.send("Runtime.evaluate", {"expression": PAGE_FACTS, "returnByValue": True}, session)
+    facts = json.loads(reply["result"]["value"])
+    shows = f"{len(facts['images'])} images, {facts['apiObjects']} API objects, {len(facts['text'])} characters"
+    return page_problems(page, browser.events, facts, origin), shows
 
 
 def find_chromium(given: Optional[str]) -> str:
@@ -299,9 +302,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     chromium = find_chromium(args.chromium)
     with served(args.site) as origin:
         results = check_pages(chromium, origin, pages, args.screenshot)
-    failed = {page: problems for page, problems in results.items() if problems}
-    for page, problems in results.items():
-        print(f"{'FAIL' if problems else 'ok  '}  /{page}")
+    failed = {page: problems for page, (problems, _) in results.items() if problems}
+    for page, (problems, shows) in results.items():
+        print(f"{'FAIL' if problems else 'ok  '}  /{page:<24} {shows}")
         for problem in problems:
             print(f"        {problem}")
     summary = f"{len(pages) - len(failed)} of {len(pages)} pages passed in {os.path.basename(chromium)}"
