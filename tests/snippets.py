@@ -5,8 +5,8 @@ A fenced block's language is the first word after the fence. ```` ```python ````
 launcher). Fences may be indented (inside content tabs or admonitions); the indentation
 is removed. A ```` ```text ```` block right after a ```` ```python ```` block (nothing but
 blank lines between them) shows that block's output: it must appear in what the block
-prints (whitespace compared loosely, so long lines may be wrapped and output shortened to
-its interesting end).
+prints (whitespace compared loosely, so long lines may be wrapped, and the output shown
+may be an excerpt).
 
     >>> blocks = code_blocks("text\\n\\n```python\\nx = 1\\n```\\n\\n=== \\"Tab\\"\\n\\n    ```py\\n    y = 2\\n    ```\\n")
     >>> [(b.language, b.code, b.line) for b in blocks]
