@@ -5,13 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench docs docs-check clean
 
 $(VENV)/.installed: setup.cfg requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements-dev.txt -e '.[all,test]'
+	$(PY) -m pip install -q -c requirements-dev.txt -e '.[all,test,docs]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -28,5 +28,17 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/jax_mlp_step.py
 	$(PY) benchmarks/torch_dynamic_step.py
 
+# The documentation site, built strictly (any warning fails) into site/; offline.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# Every page of the built site in headless Chromium (Debian's package, installed with apt
+# when missing): no console errors, images and API reference render; a screenshot of the
+# home page lands in docs-check/home.png. Not part of `make test` (it needs apt).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+docs-check: docs
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+	$(PY) docs/scripts/check_site.py site --screenshot docs-check/home.png
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site docs-check

@@ -71,7 +71,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         self.condition_keyword = condition_keyword
         self._build(model, built)
         names = self.target_tensor_names()
-        self._runner = PerSampleRunner(self.target_network, list(names), names)
+        self._runner = PerSampleRunner(self._target, list(names), names)
 
     # ------------------------------------------------------------ construction
 
@@ -178,7 +178,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
         tensors = self.target_tensors(generated_params)
-        return self._runner(self.target_network, tensors, generated_params.shape[0], args, kwargs)
+        return self._runner(self._target, tensors, generated_params.shape[0], args, kwargs)
 
     def forward(
         self,

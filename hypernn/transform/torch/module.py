@@ -123,11 +123,9 @@ class HypernetizedModule(nn.Module):
     def _build(self, model: nn.Module, options: HypernetizeOptions) -> None:
         _check_model(model)
         self._check_forward_arguments(model, options)
+        self.low_rank_weights: Tuple[LowRankWeight, ...] = ()
+        chosen, self.layout = self._plan(model, options)
         specs = param_specs(model)
-        chosen = self._select(specs, options, type(model).__name__)
-        entries = factor_entries(self.low_rank_weights) if options.low_rank else chosen
-        self.layout = plan_layout(entries, kind=options.layout, num_embeddings=options.num_embeddings,
-                                  chunk_dim=options.chunk_dim)  # fmt: skip
         self.selection = Selection(tuple(s.without_value() for s in chosen), type(model).__name__)
         self.init_scheme, self.warm_start = options.init, options.starts_at_model
         self.low_rank, self.low_rank_scale = options.low_rank, float(options.low_rank_scale)
@@ -138,29 +136,50 @@ class HypernetizedModule(nn.Module):
         self.weight_chunk_dim = self.layout.chunk_dim
         self._factories = (factories.resolve(options.embedding_factory) or factories.default_embedding,
                            factories.resolve(options.generator_factory) or factories.default_generator)  # fmt: skip
-        reference = chosen[0].value
-        placement = dict(device=reference.device, dtype=reference.dtype)
+        reference = chosen[0].value if chosen else None  # none: a subclass planned an empty layout
+        placement = dict(device=reference.device, dtype=reference.dtype) if reference is not None else {}
         self.embedding_module = self._checked_module(self.make_embedding_module(), "embedding_factory").to(**placement)
         self._build_extra_modules(options, placement)
         self.weight_generator = self._checked_module(self.make_weight_generator(), "generator_factory").to(**placement)
-        self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=reference.device), persistent=False)
+        self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=placement.get("device")), persistent=False)
         del self._factories  # may hold lambdas; not needed after construction
         raw = self._probe()
-        if options.init == "hyperfan" and not raw.is_meta:  # the common part of the scales goes into the generator
-            factor = common_scale(self.layout, numpy_of(raw), self.target_inits)
-            raw = fold_common_scale(self.weight_generator, self.weight_chunk_dim, factor, raw, self._probe)
-        start = start_values(chosen, self.low_rank_weights) if self.warm_start else None
-        concrete = start and not raw.is_meta
-        self.start_targets = start_targets(self.layout, self.target_inits, concrete and {n: numpy_of(torch.as_tensor(v))
-                                           for n, v in start.items()}, low_rank=bool(self.low_rank_weights))  # fmt: skip
-        self.output_affine = build_output_affine(self.layout, raw.reshape(-1), self.target_inits, init=options.init,
-                                                 start=start)  # fmt: skip
+        self.start_targets = self.target_inits
+        self.output_affine = self._start_map(options, chosen, raw)
         # Everything that can fail on user input has run: now the model (or its copy) changes.
         replaced = [] if options.low_rank else chosen
         target = model if options.inplace else copy_without(model, replaced)
         self._stateful_owners = remove_parameters(target, [n for s in replaced for n in s.names])
         self._adapted = self._adapt(target)
         self.target_network = target
+
+    def _start_map(self, options: HypernetizeOptions, chosen: List[ParamSpec], raw: Optional[torch.Tensor]) -> Any:
+        """Hyperfan: fold the common scale into the generator, then plan the per-tensor map
+        (:mod:`hypernn.init`); warm start: its base. ``None`` when nothing changes."""
+        if (options.init == "default" and not self.warm_start) or raw is None:  # raw: None if a subclass skips the probe
+            return None
+        if options.init == "hyperfan" and not raw.is_meta:  # the common part of the scales goes into the generator
+            factor = common_scale(self.layout, numpy_of(raw), self.target_inits)
+            raw = fold_common_scale(self.weight_generator, self.weight_chunk_dim, factor, raw, self._probe)
+        start = start_values(chosen, self.low_rank_weights) if self.warm_start else None
+        if start and not raw.is_meta:
+            values = {name: numpy_of(torch.as_tensor(value)) for name, value in start.items()}
+            self.start_targets = start_targets(self.layout, self.target_inits, values, low_rank=bool(self.low_rank_weights))
+        return build_output_affine(self.layout, raw.reshape(-1), self.target_inits, init=options.init, start=start)
+
+    def _plan(self, model: nn.Module, options: HypernetizeOptions) -> Tuple[List[ParamSpec], Layout]:
+        """The tensors to generate and their layout (a hook for subclasses); with
+        ``low_rank`` the layout holds their factors (:attr:`low_rank_weights`)."""
+        chosen = self._select(param_specs(model), options, type(model).__name__)
+        entries = factor_entries(self.low_rank_weights) if options.low_rank else chosen
+        layout = plan_layout(entries, kind=options.layout, num_embeddings=options.num_embeddings,
+                             chunk_dim=options.chunk_dim)  # fmt: skip
+        return list(chosen), layout
+
+    @property
+    def _target(self) -> nn.Module:
+        # Read through ``_modules``: subclasses (the hyper-nn API) give ``target_network`` its old meaning.
+        return self._modules["target_network"]
 
     def _select(self, specs: List[ParamSpec], options: HypernetizeOptions, model_name: str) -> Tuple[ParamSpec, ...]:
         """The selected tensors; with ``low_rank`` also plans :attr:`low_rank_weights`."""
@@ -297,7 +316,7 @@ class HypernetizedModule(nn.Module):
         """What the target runs with: :meth:`unflatten`, then low-rank factors turned into
         weights or per-layer factors (:mod:`hypernn.transform.torch.low_rank`)."""
         tensors = self.unflatten(generated_params)
-        return compose(self.target_network, tensors, self._adapted, self.low_rank_scale) if self._adapted else tensors
+        return compose(self._target, tensors, self._adapted, self.low_rank_scale) if self._adapted else tensors
 
     def target_tensor_names(self) -> Dict[str, str]:
         """The names :meth:`target_tensors` gives, each mapped to its canonical name."""
@@ -316,7 +335,7 @@ class HypernetizedModule(nn.Module):
         tensors = self.unflatten(generated_params)
         for item in self._adapted:
             name_a, name_b = item.weight.factor_names
-            w0 = self.target_network.get_parameter(item.weight.name)
+            w0 = self._target.get_parameter(item.weight.name)
             weight = merged_weight(w0, tensors.pop(name_a), tensors.pop(name_b), self.low_rank_scale)
             tensors.update({name: weight for name in (item.weight.name,) + item.weight.aliases})
         return tensors
@@ -340,13 +359,13 @@ class HypernetizedModule(nn.Module):
             self.assert_parameter_shapes(generated_params)
         tensors = self.target_tensors(generated_params)
         if not self._stateful_owners and not torch.compiler.is_compiling():
-            with self._parameter_slots().filled(self.target_network, tensors):
-                return self.target_network(*args, **kwargs)
+            with self._parameter_slots().filled(self._target, tensors):
+                return self._target(*args, **kwargs)
         try:
-            return functional_call(self.target_network, tensors, args, kwargs, tie_weights=False, strict=False)
+            return functional_call(self._target, tensors, args, kwargs, tie_weights=False, strict=False)
         finally:
             if self._stateful_owners:
-                refresh_derived_state(self.target_network, self._stateful_owners)
+                refresh_derived_state(self._target, self._stateful_owners)
 
     def _parameter_slots(self) -> ParameterSlots:
         """Where the generated tensors go for a call (resolved once per target object)."""
@@ -418,7 +437,7 @@ class HypernetizedModule(nn.Module):
 
     def _baked(self, generated: Mapping[str, torch.Tensor]) -> nn.Module:
         """A copy of the target with ``generated`` (by model names) as its parameters."""
-        model = copy_without(self.target_network, [])
+        model = copy_without(self._target, [])
         tensors = self.low_rank_weights or self.layout.slots
         for item in self._adapted:
             remove_low_rank_slots(model.get_submodule(item.owner))
