@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 from .errors import ConditionError, OptionTypeError
 from .transform.backends import backend_for
 
-__all__ = ["check_no_variables", "check_static", "materialize", "summary"]
+__all__ = ["check_dynamic", "check_no_variables", "check_static", "materialize", "summary"]
 
 
 def materialize(hnet: Any, variables: Optional[Mapping[str, Any]] = None, /, *, condition: Any = None,
@@ -75,6 +75,15 @@ def check_static(hnet: Any, condition: Any) -> None:
         raise ConditionError(
             f"`condition` is only for dynamic hypernetworks (built with `condition_dim=` or `num_conditions=`); "
             f"this {type(hnet).__name__} is static: call `materialize(hnet)`."
+        )
+
+
+def check_dynamic(hnet: Any, condition: Any) -> None:
+    """A dynamic hypernetwork needs the condition whose weights to bake in."""
+    if condition is None:
+        raise ConditionError(
+            f"materializing a dynamic hypernetwork needs the condition whose weights to bake in: "
+            f"`hypernn.materialize(hnet, condition=c)`; {type(hnet).__name__} got none."
         )
 
 

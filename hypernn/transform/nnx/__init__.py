@@ -13,7 +13,7 @@ from typing import Any, List
 from flax import nnx
 
 from ...errors import UnsupportedModelError
-from ...export import check_no_variables, check_static
+from ...export import check_dynamic, check_no_variables, check_static
 from ...options import INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
@@ -45,6 +45,7 @@ def materialize(hnet: nnx.Module, variables: Any = None, *, condition: Any = Non
         )
     check_no_variables(hnet, variables, "flax NNX")
     if isinstance(hnet, DynamicHypernetizedNNX):
+        check_dynamic(hnet, condition)
         return hnet.materialize(condition=condition, **generate_params_kwargs)
     check_static(hnet, condition)
     return hnet.materialize(**generate_params_kwargs)

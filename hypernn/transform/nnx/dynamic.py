@@ -138,11 +138,6 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
 
     def materialize(self, **generate_params_kwargs: Any) -> nnx.Module:
         """A plain copy of the model with the weights of one condition baked in."""
-        if generate_params_kwargs.get("condition") is None:
-            raise ConditionError(
-                "materializing a dynamic hypernetwork needs the condition whose weights to bake in: "
-                "`hnet.materialize(condition=c)` (or `hypernn.materialize(hnet, condition=c)`)."
-            )
         return self._merged(self._one_weight_set(generate_params_kwargs, "materialize"), nnx.Param)
 
     def summary(self, **generate_params_kwargs: Any) -> HypernetworkSummary:

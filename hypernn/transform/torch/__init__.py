@@ -13,7 +13,7 @@ from typing import Any, List
 from torch import nn
 
 from ...errors import UnsupportedModelError
-from ...export import check_no_variables, check_static
+from ...export import check_dynamic, check_no_variables, check_static
 from ...options import INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
@@ -51,6 +51,7 @@ def materialize(hnet: nn.Module, variables: Any = None, *, condition: Any = None
         )
     check_no_variables(hypernetwork, variables, "torch")
     if isinstance(hypernetwork, DynamicHypernetizedModule):
+        check_dynamic(hypernetwork, condition)
         return hypernetwork.materialize(condition=condition, **generate_params_kwargs)
     check_static(hypernetwork, condition)
     return hypernetwork.materialize(**generate_params_kwargs)

@@ -199,17 +199,12 @@ class DynamicHypernetizedModule(HypernetizedModule):
     def materialize(self, **generate_params_kwargs: Any) -> nn.Module:
         """The model with the weights of one condition baked in (``condition=`` of shape
         ``(C,)``, or an integer id); a batch of conditions is refused (materialize each)."""
-        if generate_params_kwargs.get("condition") is None:
-            raise ConditionError(
-                "materializing a dynamic hypernetwork needs the condition whose weights to bake in: "
-                "`hnet.materialize(condition=c)` (or `hypernn.materialize(hnet, condition=c)`)."
-            )
         flat, _ = self.generate_params(**generate_params_kwargs)
         if flat.dim() != 1:
             raise ConditionError(
                 f"materialize needs one condition (shape ({self.condition_dim},) or one id), not a batch: got "
-                f"`condition` of shape {tuple(torch.as_tensor(generate_params_kwargs['condition']).shape)}; "
-                f"materialize each: `[hypernn.materialize(hnet, condition=c) for c in conditions]`."
+                f"weights of shape {tuple(flat.shape)}; materialize each: "
+                f"`[hypernn.materialize(hnet, condition=c) for c in conditions]`."
             )
         return self._baked({name: t.detach() for name, t in self.merged_tensors(flat).items()})
 
