@@ -14,6 +14,8 @@ and a per-sample bug could not show.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,7 +37,10 @@ from dynamic_models import (
 )
 
 import hypernn
-from hypernn import hypernetize
+from hypernn import hypernetize as _hypernetize
+
+#: the hand-written generation here is hyper-nn's (no start map; see test_*_start.py)
+hypernetize = functools.partial(_hypernetize, init="default")
 from hypernn.errors import (
     ConditionError,
     GeneratedParamsError,

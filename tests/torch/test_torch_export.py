@@ -82,7 +82,7 @@ def test_dynamic_needs_one_condition():
     with pytest.raises(ConditionError, match=r"materializing a dynamic hypernetwork needs the condition .*`hypernn\.materialize\(hnet, condition=c\)`"):
         hypernn.materialize(hnet)
     with pytest.raises(ConditionError, match=r"materialize needs one condition \(shape \(2,\) or one id\), not a batch: got "
-                                             r"weights of shape \(3, 74\); materialize each"):
+                                             r"weights of shape \(3, 44\); materialize each"):
         hypernn.materialize(hnet, condition=c)
     tasks = hypernetize(model, embedding_dim=3, num_embeddings=4, num_conditions=3)
     assert_close(hypernn.materialize(tasks, condition=2)(x), tasks(x, condition=torch.tensor(2)))
