@@ -1,0 +1,75 @@
+"""Headless matplotlib plots (Agg backend) and GIFs for the examples.
+
+Every function takes NumPy arrays and a file path, writes the file and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed, before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+__all__ = ["plot_curves", "plot_heatmaps", "save_gif"]
+
+
+def plot_curves(
+    curves: Dict[str, Sequence[float]], path: Path, *, xlabel: str, ylabel: str, title: str, smooth: int = 1
+) -> Path:
+    """Line plot of each named curve; ``smooth > 1`` adds its running mean over that window."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        line, = axis.plot(values, alpha=0.35 if smooth > 1 else 1.0, label=None if smooth > 1 else label)
+        if smooth > 1 and len(values) >= smooth:
+            mean = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
+            axis.plot(np.arange(smooth - 1, len(values)), mean, color=line.get_color(),
+                      label=f"{label} (mean of {smooth})")  # fmt: skip
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_heatmaps(
+    matrices: Sequence[np.ndarray], titles: Sequence[str], path: Path, *, suptitle: str,
+    columns: Optional[int] = None, cmap: str = "RdBu_r", aspect: str = "auto",
+) -> Path:  # fmt: skip
+    """A grid of heat maps on one symmetric colour scale (so panels compare)."""
+    count = len(matrices)
+    columns = columns or count
+    rows = -(-count // columns)
+    limit = max(float(np.abs(m).max()) for m in matrices) or 1.0
+    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns + 0.8, 2.1 * rows + 0.6), squeeze=False)
+    for axis in axes.flat[count:]:
+        axis.axis("off")
+    for axis, matrix, title in zip(axes.flat, matrices, titles):
+        image = axis.imshow(np.asarray(matrix), cmap=cmap, vmin=-limit, vmax=limit, aspect=aspect, interpolation="nearest")
+        axis.set_title(title, fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(suptitle)
+    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def save_gif(frames: Sequence[np.ndarray], path: Path, *, fps: int = 30, scale: float = 0.5) -> Path:
+    """Write ``(H, W, 3)`` uint8 frames as a looping GIF, resized by ``scale``."""
+    if not frames:
+        raise ValueError("`frames` is empty: nothing to write.")
+    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
+    if scale != 1.0:
+        size = (max(1, int(images[0].width * scale)), max(1, int(images[0].height * scale)))
+        images = [image.resize(size, Image.Resampling.BILINEAR) for image in images]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, optimize=True)
+    return Path(path)
