@@ -28,6 +28,7 @@ import optax
 
 from common.cli import example_parser, output_dir, progress, summary_line
 from common.data import ImageData, load_images
+from common.flax_parts import count_values, scaled_dense_generator
 from common.mnist import FULL, KERNEL_SHAPE, MnistConfig, format_table, minibatches, random_shift
 from common.plots import plot_heatmaps
 from hypernn import hypernetize
@@ -79,13 +80,6 @@ class LayerEmbedding(nn.Module):
         return project(z).reshape(self.num_embeddings, self.embedding_dim)[index]
 
 
-def kernel_generator(init_std: float) -> Callable[[int, int], nn.Module]:
-    """A ``generator_factory``: ``K_i = W_out a_i + B_out`` whose outputs start with std ``init_std``."""
-    return lambda embedding_dim, chunk_dim: nn.Dense(
-        chunk_dim, kernel_init=nn.initializers.normal(init_std / embedding_dim**0.5)
-    )
-
-
 def make_hypernetwork(example: jax.Array, embedding_dim: int = 4, z_dim: int = 4) -> nn.Module:
     """``HaCNN`` with conv2's kernel generated in 16 chunks of one output filter each."""
     fan_in = KERNEL_SHAPE[1] * KERNEL_SHAPE[2] * KERNEL_SHAPE[3]
@@ -95,14 +89,10 @@ def make_hypernetwork(example: jax.Array, embedding_dim: int = 4, z_dim: int = 4
         num_embeddings=KERNEL_SHAPE[0],
         targets=["conv2.kernel"],
         embedding_factory=lambda n, d: LayerEmbedding(n, d, z_dim),
-        generator_factory=kernel_generator(fan_in**-0.5),  # lecun_normal's std, the plain kernel's init
+        # K_i = W_out a_i + B_out, starting at lecun_normal's std (the plain kernel's init); a_i have unit variance
+        generator_factory=scaled_dense_generator(fan_in**-0.5, embedding_std=1.0),
         example_inputs=(example,),
     )
-
-
-def count(tree: Params) -> int:
-    """Number of values in a parameter tree."""
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def as_images(images: np.ndarray) -> jax.Array:
@@ -191,9 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                                       desc=f"{key} conv2", quiet=args.quiet)  # fmt: skip
         results[f"{key}_time"] = time.perf_counter() - start
         results[f"{key}_error"] = test_error(model, params[key], data)
-        results[f"{key}_params"] = count(params[key])
-    results["plain_conv2"] = count(params["plain"]["conv2"]["kernel"])
-    results["hyper_conv2"] = count({k: v for k, v in params["hyper"].items() if k != "target_network"})
+        results[f"{key}_params"] = count_values(params[key])
+    results["plain_conv2"] = count_values(params["plain"]["conv2"]["kernel"])
+    results["hyper_conv2"] = count_values({k: v for k, v in params["hyper"].items() if k != "target_network"})
     results["models"], results["params"] = models, params
     rows = [("conv2 learned directly (ours)", f"{results['plain_error']:.2%}", results["plain_conv2"], results["plain_params"]),
             ("conv2 from the hypernetwork (ours)", f"{results['hyper_error']:.2%}", results["hyper_conv2"], results["hyper_params"])]  # fmt: skip

@@ -30,6 +30,7 @@ from common.cli import example_parser, output_dir, progress, summary_line
 from common.data import ImageData, load_images
 from common.mnist import FULL, KERNEL_SHAPE, MnistConfig, format_table, minibatches, random_shift
 from common.plots import plot_heatmaps
+from common.torch_parts import count_trainable, scaled_linear_generator
 from hypernn import hypernetize
 
 
@@ -69,22 +70,6 @@ class LayerEmbedding(nn.Module):
         return self.project(self.z).view(self.shape)[index]
 
 
-def kernel_generator(init_std: float):
-    """A ``generator_factory``: ``K_i = W_out a_i + B_out`` whose outputs start with std ``init_std``.
-
-    With unit-variance ``a_i``, ``W_out`` entries of std ``init_std / sqrt(embedding_dim)``
-    give generated values of std ``init_std`` (the plain convolution's own init scale).
-    """
-
-    def factory(embedding_dim: int, chunk_dim: int) -> nn.Module:
-        layer = nn.Linear(embedding_dim, chunk_dim)
-        nn.init.normal_(layer.weight, std=init_std / embedding_dim**0.5)
-        nn.init.zeros_(layer.bias)
-        return layer
-
-    return factory
-
-
 def make_hypernetwork(cnn: HaCNN, embedding_dim: int = 4, z_dim: int = 4) -> nn.Module:
     """``cnn`` with conv2's kernel generated in 16 chunks of one output filter each."""
     fan_in = KERNEL_SHAPE[1] * KERNEL_SHAPE[2] * KERNEL_SHAPE[3]
@@ -94,13 +79,9 @@ def make_hypernetwork(cnn: HaCNN, embedding_dim: int = 4, z_dim: int = 4) -> nn.
         num_embeddings=KERNEL_SHAPE[0],
         targets=["conv2.weight"],
         embedding_factory=lambda n, d: LayerEmbedding(n, d, z_dim),
-        generator_factory=kernel_generator((3 * fan_in) ** -0.5),  # torch's default conv init std
+        # K_i = W_out a_i + B_out, starting at torch's default conv init std; a_i have unit variance
+        generator_factory=scaled_linear_generator((3 * fan_in) ** -0.5),
     )
-
-
-def count(module: nn.Module) -> int:
-    """Trainable values of ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def as_tensor(images: np.ndarray) -> torch.Tensor:
@@ -175,9 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results[f"{key}_losses"] = train(model, data, config, seed=args.seed, desc=f"{key} conv2", quiet=args.quiet)
         results[f"{key}_time"] = time.perf_counter() - start
         results[f"{key}_error"] = test_error(model, data)
-        results[f"{key}_params"] = count(model)
+        results[f"{key}_params"] = count_trainable(model)
     results["plain_conv2"] = cnn.conv2.weight.numel()
-    results["hyper_conv2"] = count(hnet.embedding_module) + count(hnet.weight_generator)
+    results["hyper_conv2"] = count_trainable(hnet.embedding_module) + count_trainable(hnet.weight_generator)
     results["models"] = (cnn, hnet)
     rows = [("conv2 learned directly (ours)", f"{results['plain_error']:.2%}", results["plain_conv2"], results["plain_params"]),
             ("conv2 from the hypernetwork (ours)", f"{results['hyper_error']:.2%}", results["hyper_conv2"], results["hyper_params"])]  # fmt: skip
@@ -189,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     results["plot"] = plot_heatmaps([*generated[:8], *learned[:8]], [f"gen. filter {i}" for i in range(8)]
                                     + [f"learned filter {i}" for i in range(8)], out / "conv2_filters.png",
                                     suptitle="conv2 kernels, input channel 0: generated (top) vs learned (bottom)",
-                                    columns=8)  # fmt: skip
+                                    columns=8, aspect="equal")  # fmt: skip
     print(summary_line("mnist_torch", data=data.source, plain_error=f"{results['plain_error']:.2%}",
                        hyper_error=f"{results['hyper_error']:.2%}", plain_conv2_params=results["plain_conv2"],
                        hyper_conv2_params=results["hyper_conv2"],

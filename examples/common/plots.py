@@ -6,7 +6,7 @@ Every function takes NumPy arrays and a file path, writes the file and returns i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -41,14 +41,15 @@ def plot_curves(
 
 def plot_heatmaps(
     matrices: Sequence[np.ndarray], titles: Sequence[str], path: Path, *, suptitle: str,
-    columns: Optional[int] = None, cmap: str = "RdBu_r", aspect: str = "auto",
+    columns: Optional[int] = None, cmap: str = "RdBu_r", aspect: str = "auto", panel: Tuple[float, float] = (1.9, 2.1),
 ) -> Path:  # fmt: skip
-    """A grid of heat maps on one symmetric colour scale (so panels compare)."""
+    """A grid of heat maps on one symmetric colour scale (so panels compare); ``panel`` is
+    each panel's size in inches."""
     count = len(matrices)
     columns = columns or count
     rows = -(-count // columns)
     limit = max(float(np.abs(m).max()) for m in matrices) or 1.0
-    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns + 0.8, 2.1 * rows + 0.6), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(panel[0] * columns + 1.2, panel[1] * rows + 0.8), squeeze=False)
     for axis in axes.flat[count:]:
         axis.axis("off")
     for axis, matrix, title in zip(axes.flat, matrices, titles):

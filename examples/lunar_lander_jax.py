@@ -1,0 +1,171 @@
+"""Lunar Lander with REINFORCE and a hypernetwork-generated policy (JAX, flax NNX).
+
+The JAX twin of ``lunar_lander_torch.py``: an NNX policy MLP (8 -> 64 -> 64 -> 4) whose
+weights are all generated (``hypernetize(policy, ..., rngs=nnx.Rngs(...))``), trained
+with optax through ``nnx.Optimizer`` and a jitted update. Episodes are played with the
+current generated weights, baked into a plain policy with ``hnet.materialize()``.
+
+    python examples/lunar_lander_jax.py               # ~2-3 minutes on CPU
+    python examples/lunar_lander_jax.py --steps 400   # longer: higher returns
+
+Needs ``pip install "gymnasium[box2d]"``. Writes ``learning_curve.png``,
+``generated_weights.png`` and ``episode.gif`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from common.cli import example_parser, output_dir, progress, summary_line
+from common.flax_parts import count_values, scaled_nnx_generator
+from common.plots import plot_curves, plot_heatmaps, save_gif
+from common.rl import Episode, make_env, policy_batch, run_episode
+from hypernn import hypernetize
+
+
+class Policy(nnx.Module):
+    """Observation (8 values) -> logits of the 4 actions."""
+
+    def __init__(self, hidden: int = 64, *, rngs: nnx.Rngs) -> None:
+        self.layer1 = nnx.Linear(8, hidden, rngs=rngs)
+        self.layer2 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.layer3 = nnx.Linear(hidden, 4, rngs=rngs)
+
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        hidden = jnp.tanh(self.layer1(observations))
+        return self.layer3(jnp.tanh(self.layer2(hidden)))
+
+
+def make_hypernetwork(policy: Policy, embedding_dim: int, num_embeddings: int, init_std: float, seed: int) -> nnx.Module:
+    """Every weight of ``policy`` generated, chunk by chunk, within each tensor."""
+    return hypernetize(policy, embedding_dim=embedding_dim, num_embeddings=num_embeddings, layout="per_tensor",
+                       generator_factory=scaled_nnx_generator(init_std), rngs=nnx.Rngs(seed))  # fmt: skip
+
+
+def policy_runner(template: Policy) -> Callable[[Policy], Callable[[np.ndarray], np.ndarray]]:
+    """``policy -> (observations -> logits)``, one jitted function for every policy of this structure."""
+    graphdef, _ = nnx.split(template)
+    forward = jax.jit(lambda state, observations: nnx.merge(graphdef, state)(observations))
+
+    def runner(policy: Policy) -> Callable[[np.ndarray], np.ndarray]:
+        state = nnx.state(policy)
+        return lambda observations: np.asarray(forward(state, observations))
+
+    return runner
+
+
+def padded(size: int) -> int:
+    """Batches are padded to a power of two (at least 256) so the jitted update compiles a few times only."""
+    return max(256, 1 << (size - 1).bit_length())
+
+
+def make_update(entropy_coef: float) -> Callable:
+    """A jitted REINFORCE step ``(hnet, optimizer, observations, actions, advantages, mask) -> loss``."""
+
+    def loss_fn(hnet: nnx.Module, observations, actions, advantages, mask) -> jax.Array:
+        log_probs = jax.nn.log_softmax(hnet(observations), axis=-1)
+        chosen = jnp.take_along_axis(log_probs, actions[:, None], axis=1)[:, 0]
+        entropy = -(jnp.exp(log_probs) * log_probs).sum(-1)
+        return -((chosen * advantages + entropy_coef * entropy) * mask).sum() / mask.sum()
+
+    @nnx.jit
+    def update(hnet: nnx.Module, optimizer: nnx.Optimizer, observations, actions, advantages, mask) -> jax.Array:
+        loss, grads = nnx.value_and_grad(loss_fn)(hnet, observations, actions, advantages, mask)
+        optimizer.update(hnet, grads)
+        return loss
+
+    return update
+
+
+def batch_arrays(episodes: Sequence[Episode], gamma: float) -> Tuple[jax.Array, ...]:
+    """The REINFORCE batch, zero-padded to :func:`padded` steps, with its mask."""
+    observations, actions, advantages = policy_batch(episodes, gamma)
+    size, total = len(actions), padded(len(actions))
+    pad = lambda array: np.concatenate([array, np.zeros((total - size, *array.shape[1:]), array.dtype)])  # noqa: E731
+    mask = np.concatenate([np.ones(size, np.float32), np.zeros(total - size, np.float32)])
+    return tuple(jnp.asarray(pad(a)) for a in (observations, actions, advantages)) + (jnp.asarray(mask),)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    parser = example_parser(__doc__.splitlines()[0], name="lunar_lander_jax", length="steps", default_length=150)
+    parser.add_argument("--episodes-per-step", type=int, default=8, help="episodes played per policy update")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--gamma", type=float, default=0.99, help="discount factor")
+    parser.add_argument("--entropy-coef", type=float, default=0.01, help="weight of the entropy bonus")
+    parser.add_argument("--embedding-dim", type=int, default=8, help="width of each chunk embedding")
+    parser.add_argument("--num-embeddings", type=int, default=64, help="upper bound on the number of chunks")
+    parser.add_argument("--init-std", type=float, default=0.1, help="starting std of the generated weights")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="greedy episodes for the final score")
+    parser.add_argument("--max-episode-steps", type=int, default=None, help="cut episodes short (tests)")
+    parser.add_argument("--no-gif", action="store_true", help="skip rendering the episode GIF")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Train; write the plots and the GIF; print the summary line; return the results."""
+    args = parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    policy = Policy(rngs=nnx.Rngs(args.seed))
+    hnet = make_hypernetwork(policy, args.embedding_dim, args.num_embeddings, args.init_std, args.seed + 1)
+    optimizer = nnx.Optimizer(hnet, optax.adam(args.lr), wrt=nnx.Param)
+    update, runner = make_update(args.entropy_coef), policy_runner(policy)
+    env = make_env(max_episode_steps=args.max_episode_steps)
+    returns: List[float] = []
+    snapshots: List[tuple] = []
+    snapshot_at = set(np.linspace(0, args.steps, 6).round().astype(int).tolist())
+    episode_seed = args.seed * 1_000_003
+    with progress(range(args.steps + 1), desc="REINFORCE", quiet=args.quiet, unit="update") as bar:
+        for step in bar:
+            current = hnet.materialize()  # a plain Policy with the current generated weights
+            if step in snapshot_at:
+                snapshots.append((step, np.asarray(current.layer1.kernel[...])))
+            if step == args.steps:
+                break
+            act = runner(current)
+            episodes = [run_episode(env, act, seed=episode_seed + i, rng=rng) for i in range(args.episodes_per_step)]
+            episode_seed += args.episodes_per_step
+            update(hnet, optimizer, *batch_arrays(episodes, args.gamma))
+            returns += [e.total_return for e in episodes]
+            bar.set_postfix(avg_return=f"{np.mean(returns[-50:]):.1f}")
+    results = evaluate_and_plot(runner(hnet.materialize()), returns, snapshots, args, rng)
+    results.update(policy_params=count_values(nnx.state(policy, nnx.Param)),
+                   hypernetwork_params=count_values(nnx.state(hnet, nnx.Param)), model=hnet)  # fmt: skip
+    print(summary_line("lunar_lander_jax", final_avg_return=f"{results['final_avg_return']:.1f}",
+                       greedy_return=f"{results['greedy_return']:.1f}", episodes=len(returns),
+                       policy_params=results["policy_params"], hypernetwork_params=results["hypernetwork_params"]))  # fmt: skip
+    return results
+
+
+def evaluate_and_plot(act, returns, snapshots, args, rng) -> Dict[str, Any]:
+    """Score the trained policy and write the learning curve, weight snapshots and GIF."""
+    out = output_dir(args.out)
+    env = make_env(max_episode_steps=args.max_episode_steps)
+    greedy = [run_episode(env, act, seed=10**9 + i, rng=rng, greedy=True).total_return for i in range(args.eval_episodes)]
+    files = {
+        "learning_curve": plot_curves({"return": returns}, out / "learning_curve.png", xlabel="episode",
+                                      ylabel="return", title="REINFORCE on LunarLander-v3, hypernetwork policy (JAX)",
+                                      smooth=min(50, max(1, len(returns) // 5))),
+        "weights": plot_heatmaps([w for _, w in snapshots], [f"update {s}" for s, _ in snapshots],
+                                 out / "generated_weights.png", columns=2, panel=(4.5, 1.2),
+                                 suptitle="generated first-layer weights (8 inputs x 64 units) over training"),
+    }  # fmt: skip
+    if not args.no_gif:
+        episode = run_episode(make_env(render=True, max_episode_steps=args.max_episode_steps), act, seed=10**9,
+                              rng=rng, greedy=True, render=True)  # fmt: skip
+        files["gif"] = save_gif(episode.frames[::2], out / "episode.gif", fps=25)
+    return {
+        "returns": returns,
+        "final_avg_return": float(np.mean(returns[-50:])),
+        "greedy_return": float(np.mean(greedy)) if greedy else float("nan"),
+        "files": files,
+    }
+
+
+if __name__ == "__main__":
+    main()
