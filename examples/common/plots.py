@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-__all__ = ["plot_curves", "plot_heatmaps", "save_gif"]
+__all__ = ["plot_curves", "plot_heatmaps", "plot_line_panels", "save_gif"]
 
 
 def plot_curves(
@@ -59,6 +59,29 @@ def plot_heatmaps(
         axis.set_yticks([])
     figure.suptitle(suptitle)
     figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_line_panels(
+    panels: Sequence[Tuple[str, np.ndarray, Dict[str, np.ndarray]]], path: Path, *, suptitle: str, columns: int = 4
+) -> Path:
+    """A grid of small line plots: each panel is ``(title, x, {label: y})``; the first
+    label is drawn solid, the others dashed."""
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.2 * rows), squeeze=False, sharex=True)
+    for axis in axes.flat[len(panels):]:
+        axis.axis("off")
+    for axis, (title, x, lines) in zip(axes.flat, panels):
+        for index, (label, y) in enumerate(lines.items()):
+            axis.plot(x, y, lw=1 if index == 0 else 1.5, ls="-" if index == 0 else "--", label=label,
+                      color="black" if index == 0 else None)  # fmt: skip
+        axis.set_title(title, fontsize=9)
+    axes.flat[0].legend(fontsize=7)
+    figure.suptitle(suptitle)
+    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
