@@ -41,7 +41,9 @@ _LAZY = {
     "HypernetizedModule": "torch",
     "DynamicHypernetizedModule": "torch",
     "HypernetizedNNX": "nnx",
+    "DynamicHypernetizedNNX": "nnx",
     "HypernetizedLinen": "linen",
+    "DynamicHypernetizedLinen": "linen",
 }
 
 

@@ -20,7 +20,15 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from .errors import OptionTypeError, ReservedArgumentError
 
-__all__ = ["RESERVED_KEYWORDS", "call_arguments", "call_hypernetwork", "check_reserved", "reject_generate_kwargs"]
+__all__ = [
+    "RESERVED_KEYWORDS",
+    "call_arguments",
+    "call_hypernetwork",
+    "check_condition_keyword",
+    "check_reserved",
+    "reject_generate_kwargs",
+    "route_condition",
+]
 
 #: keywords a hypernetwork's call takes for itself
 RESERVED_KEYWORDS = ("generated_params", "has_aux", "assert_parameter_shapes", "generate_params_kwargs")
@@ -73,3 +81,36 @@ def call_hypernetwork(
         *args, generated_params=generated_params, assert_parameter_shapes=assert_parameter_shapes, **kwargs
     )
     return (output, generated_params, aux) if has_aux else output
+
+
+def check_condition_keyword(function: Callable[..., Any], owner: str, condition_keyword: bool) -> None:
+    """A dynamic hypernetwork's call takes ``condition=``: refuse a model (``owner``, e.g.
+    ``"MLP.forward"``) that takes it too, unless ``condition_keyword=False``."""
+    if condition_keyword and "condition" in call_arguments(function):
+        raise ReservedArgumentError(
+            f"{owner} already takes `condition`, which a dynamic hypernetwork's call takes for itself. "
+            f"Hypernetize with `condition_keyword=False`: then `hnet(x, condition=...)` passes `condition` to the "
+            f"model, and the hypernetwork's condition goes in `generate_params_kwargs={{'condition': c}}`."
+        )
+
+
+def route_condition(
+    condition: Any, generate_params_kwargs: Optional[Mapping[str, Any]], kwargs: Dict[str, Any], condition_keyword: bool
+) -> Dict[str, Any]:
+    """Where ``hnet(..., condition=c)`` goes: to ``generate_params`` (the default), or to the
+    model's own ``condition`` argument (``condition_keyword=False``, then ``kwargs`` gets it).
+    Returns the keyword arguments for ``generate_params``.
+
+        >>> route_condition(1.0, None, {}, True)
+        {'condition': 1.0}
+    """
+    generate_kwargs = dict(generate_params_kwargs or {})
+    if condition is None:
+        return generate_kwargs
+    if not condition_keyword:
+        kwargs["condition"] = condition
+    elif "condition" in generate_kwargs:
+        raise OptionTypeError("pass the condition once: `condition=` or `generate_params_kwargs['condition']`.")
+    else:
+        generate_kwargs["condition"] = condition
+    return generate_kwargs

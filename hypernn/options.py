@@ -25,8 +25,6 @@ __all__ = ["BACKEND_SPECIFIC", "DYNAMIC_OPTIONS", "HypernetizeOptions", "check_p
 #: options only some backends use -> the models they are for
 BACKEND_SPECIFIC = {
     "example_inputs": "flax linen", "init_kwargs": "flax linen", "variables": "flax linen", "rngs": "flax NNX",
-    # dynamic hypernetworks: torch so far
-    "condition_dim": "torch", "num_conditions": "torch", "condition_factory": "torch", "condition_keyword": "torch",
 }  # fmt: skip
 DYNAMIC_OPTIONS = ("condition_dim", "num_conditions", "condition_factory", "condition_keyword")
 
@@ -158,9 +156,10 @@ class HypernetizeOptions:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     def common_kwargs(self) -> Dict[str, Any]:
-        """The options every backend takes (without the linen/NNX-specific ones)."""
+        """The options every backend takes (without the linen/NNX-specific ones and the
+        dynamic ones, see :meth:`dynamic_kwargs`)."""
         kwargs = self.as_kwargs()
-        for name in BACKEND_SPECIFIC:
+        for name in (*BACKEND_SPECIFIC, *DYNAMIC_OPTIONS):
             del kwargs[name]
         return kwargs
 

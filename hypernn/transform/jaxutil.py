@@ -52,25 +52,33 @@ def set_path(tree: Dict[str, Any], path: Tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def check_chunks(chunks: Any, num_embeddings: int, chunk_dim: int, embedding_dim: int) -> None:
-    """Raise :class:`GeneratorOutputError` unless ``chunks`` has shape ``(E, chunk_dim)``."""
-    expected = (num_embeddings, chunk_dim)
+def check_chunks(chunks: Any, num_embeddings: int, chunk_dim: int, embedding_dim: int, lead: Tuple[int, ...] = ()) -> None:
+    """Raise :class:`GeneratorOutputError` unless ``chunks`` has shape ``(*lead, E, chunk_dim)``
+    (``lead``: the condition batch of a dynamic hypernetwork)."""
+    expected = (*lead, num_embeddings, chunk_dim)
     shape = getattr(chunks, "shape", None)
     if shape is None or tuple(shape) != expected:
         given = tuple(shape) if shape is not None else type(chunks).__name__
         raise GeneratorOutputError(
-            f"the weight generator must output shape (num_embeddings, chunk_dim)={expected}; it gave {given}. "
+            f"the weight generator must output shape {'(batch, ' if lead else '('}num_embeddings, chunk_dim)={expected}; "
+            f"it gave {given}. "
             f"Build it with `generator_factory(embedding_dim={embedding_dim}, chunk_dim={chunk_dim})`."
         )
 
 
-def check_generated_params(generated_params: Any, layout: Layout) -> None:
-    """Raise a clear error unless ``generated_params`` is a float vector that fits ``layout``."""
+def check_generated_params(generated_params: Any, layout: Layout, *, batched: bool = False) -> None:
+    """Raise a clear error unless ``generated_params`` is a float vector that fits ``layout``
+    (or, with ``batched``, also a ``(B, n)`` batch of such vectors: one per sample)."""
     if not isinstance(generated_params, (jax.Array, np.ndarray)):
         raise GeneratedParamsTypeError(f"`generated_params` must be a jax array; got {type(generated_params).__name__}.")
     if not is_floating(generated_params.dtype):
         raise GeneratedParamsTypeError(f"`generated_params` must be a floating-point array; got dtype {generated_params.dtype}.")
-    if generated_params.ndim != 1:
+    if batched and generated_params.ndim not in (1, 2):
+        raise GeneratedParamsError(
+            f"`generated_params` must be a vector (one weight set) or a (B, n) batch of vectors (one per sample); "
+            f"got shape {tuple(generated_params.shape)}."
+        )
+    if not batched and generated_params.ndim != 1:
         raise GeneratedParamsError(
             f"`generated_params` must be a 1-D vector; got shape {tuple(generated_params.shape)}. "
             f"Use jax.vmap over the hypernetwork for a batch of vectors."

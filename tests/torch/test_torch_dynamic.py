@@ -1094,3 +1094,38 @@ def test_ambiguous_sample_dimension_is_refused_not_guessed():
         hnet(torch.randn(4, 4, 3), condition=torch.randn(4, 2))
     with pytest.raises(ConditionError, match=r"batch dimension 0 must be 4"):  # (L=5, B=4): a clear mismatch
         hnet(torch.randn(5, 4, 3), condition=torch.randn(4, 2))
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def _compiled_matches_eager(hnet: nn.Module, *args: Any, condition: torch.Tensor) -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(hnet, fullgraph=True)
+    out = compiled(*args, condition=condition)
+    assert_close(out, hnet(*args, condition=condition))
+    params = [p for p in hnet.parameters()]
+    got = torch.autograd.grad(out.square().sum(), params)
+    want = torch.autograd.grad(hnet(*args, condition=condition).square().sum(), params)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+@pytest.mark.slow
+def test_per_sample_cnn_with_batch_norm_compiles_fullgraph_and_matches_eager():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    hnet = make_hnet(model)
+    _compiled_matches_eager(hnet, torch.randn(6, 3, 8, 8, dtype=DTYPE), condition=torch.randn(6, C, dtype=DTYPE))
+
+
+@pytest.mark.slow
+def test_per_sample_transformer_compiles_in_training_and_in_inference():
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    hnet = make_hnet(layer)
+    x, c = torch.randn(4, 5, 8, dtype=DTYPE), torch.randn(4, C, dtype=DTYPE)
+    _compiled_matches_eager(hnet, x, condition=c)
+    hnet.eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        loop = torch.cat([hnet(x[i : i + 1], condition=c[i]) for i in range(4)])
+        assert_close(torch.compile(hnet)(x, condition=c), loop)

@@ -16,6 +16,9 @@ from ...errors import OptionTypeError
 from ...options import HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
+from .dynamic import DynamicHypernetizedLinen as DynamicHypernetizedLinen
+from .dynamic import LinenDynamicHypernetwork as LinenDynamicHypernetwork
+from .dynamic import check_dynamic_call_signature
 from .factories import MLPGenerator as MLPGenerator
 from .factories import default_embedding as default_embedding
 from .factories import default_generator as default_generator
@@ -28,10 +31,14 @@ _USED = ("example_inputs", "init_kwargs", "variables")
 
 
 def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedLinen:
-    """Build a :class:`HypernetizedLinen` for ``model``; plan now if the structure is known."""
+    """Build a :class:`HypernetizedLinen` (a :class:`DynamicHypernetizedLinen` with
+    ``condition_dim``/``num_conditions``) for ``model``; plan now if the structure is known."""
     options.reject_unused("flax linen", used=_USED)
     check_model(model)
-    hnet = HypernetizedLinen(target=Opaque(model), options=Opaque(options))
+    if options.dynamic:
+        check_dynamic_call_signature(type(model), options.condition_keyword)
+    kind = DynamicHypernetizedLinen if options.dynamic else HypernetizedLinen
+    hnet = kind(target=Opaque(model), options=Opaque(options))
     if options.example_inputs is not None or options.variables is not None:
         hnet = hnet.clone(hypernn_plan=make_plan(model, options))
         hnet._probe()

@@ -26,6 +26,7 @@ import flax.linen as nn
 
 from ...errors import UnsupportedModelError
 from ...options import HypernetizeOptions
+from .dynamic import LinenDynamicHypernetwork, check_dynamic_call_signature
 from .module import LinenHypernetwork, check_call_signature
 
 __all__ = ["decorate"]
@@ -50,7 +51,10 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     """A linen hypernetwork class with ``cls``'s fields that generates ``cls``'s params."""
     if issubclass(cls, LinenHypernetwork):
         raise UnsupportedModelError(f"{cls.__name__} is already a hypernetwork class; decorate the model class itself.")
-    check_call_signature(cls)
+    if options.dynamic:
+        check_dynamic_call_signature(cls, options.condition_keyword)
+    else:
+        check_call_signature(cls)
     options.reject_unused("flax linen", used=("example_inputs", "init_kwargs", "variables"))
     names = [f.name for f in dataclasses.fields(cls) if f.name not in _LINEN_FIELDS]
 
@@ -63,4 +67,5 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
     namespace = _copied_fields(cls)
     namespace.update(hypernn_target=hypernn_target, hypernn_options=hypernn_options, __module__=cls.__module__,
                      __qualname__=cls.__qualname__, __doc__=cls.__doc__, __wrapped__=cls)  # fmt: skip
-    return type(cls.__name__, (LinenHypernetwork,), namespace)
+    base = LinenDynamicHypernetwork if options.dynamic else LinenHypernetwork
+    return type(cls.__name__, (base,), namespace)

@@ -36,7 +36,7 @@ from ..jaxutil import check_chunks, check_generated_params, set_path, unflatten
 from . import factories
 from .introspect import Structure, trace_structure
 
-__all__ = ["HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque"]
+__all__ = ["HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque", "TargetCall"]
 
 #: keywords of flax's own ``init``/``apply`` (not the model's): never part of a lazy trace
 _FLAX_KEYWORDS = ("rngs", "mutable", "capture_intermediates")
@@ -98,6 +98,20 @@ def make_plan(module: nn.Module, options: HypernetizeOptions, args: Tuple = None
     kept = tuple(path for n, path in structure.param_paths if n not in chosen)
     stripped = Selection(tuple(s.without_value() for s in selection.chosen), name)
     return LinenPlan(structure, stripped, layout, slots, kept)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetCall:
+    """The model's variables and arguments for one ``apply`` (besides the generated params)."""
+
+    #: the unselected params (``None`` when every param is generated)
+    kept: Any
+    #: collection -> key -> this module's variable holding the model's state
+    collections: Mapping[str, Mapping[str, Any]]
+    #: collection -> key -> value of that state
+    state: Mapping[str, Mapping[str, Any]]
+    mutable: Any
+    rngs: Mapping[str, jax.Array]
 
 
 def _shape_key(tree: Any) -> Optional[Tuple]:
@@ -164,7 +178,7 @@ class LinenHypernetwork(nn.Module):
     def _planned(self, args: Tuple, kwargs: Mapping) -> "LinenHypernetwork":
         if self.hypernn_plan is not None:
             return self
-        call_kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_KEYWORDS + _FLAX_KEYWORDS}
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in self._own_keywords()}
         # one cache per options object (it lives as long as the hypernetwork or its class)
         cache = _plan_cache(self.hypernn_options())
         key = _shape_key((self.hypernn_target(), args, call_kwargs))
@@ -176,10 +190,18 @@ class LinenHypernetwork(nn.Module):
                 cache[key] = plan
         return self.clone(hypernn_plan=plan)
 
+    def _own_keywords(self) -> Tuple[str, ...]:
+        """Keywords of the hypernetwork's call and of flax's apply: never the model's."""
+        return RESERVED_KEYWORDS + _FLAX_KEYWORDS
+
+    def _probe_arguments(self) -> Tuple[Any, ...]:
+        """Arguments of ``generate_params`` for the shape probe (none for a static one)."""
+        return ()
+
     def _probe(self) -> None:
         """Trace the embedding and generator abstractly to check their output shape."""
         try:
-            jax.eval_shape(lambda: self.init(jax.random.key(0), method="generate_params"))
+            jax.eval_shape(lambda: self.init(jax.random.key(0), *self._probe_arguments(), method="generate_params"))
         except (GeneratorOutputError, OptionTypeError):  # already clear (a factory returned no module)
             raise
         except Exception as err:
@@ -279,7 +301,10 @@ class LinenHypernetwork(nn.Module):
         }
 
     def _target_params(self, generated_params: jax.Array, kept: Any) -> Dict[str, Any]:
-        tensors = unflatten(generated_params, self.layout)
+        return self._params_tree(unflatten(generated_params, self.layout), kept)
+
+    def _params_tree(self, tensors: Mapping[str, jax.Array], kept: Any) -> Dict[str, Any]:
+        """The model's ``params``: the unselected ``kept`` tree with ``tensors`` at their paths."""
         tree = _deep_copy_dicts(kept) if kept is not None else {}
         for name, path in self.plan.slots:
             set_path(tree, path, tensors[name])
@@ -302,27 +327,37 @@ class LinenHypernetwork(nn.Module):
         """Apply the model with ``generated_params`` in place of the selected params."""
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
+        call = self._target_call(args, kwargs)
+        variables = {"params": self._target_params(generated_params, call.kept), **call.state}
+        result = self.hypernn_target().apply(variables, *args, rngs=call.rngs, mutable=call.mutable, **kwargs)
+        if not call.mutable:
+            return result
+        output, updates = result
+        self._write_back(call, updates)
+        return output
+
+    def _target_call(self, args: Tuple, kwargs: Mapping) -> "TargetCall":
+        """What the model's ``apply`` needs besides the generated params (creating the
+        variables when initialising)."""
         initial = self._initial_variables(args, kwargs) if self.is_initializing() else None
         kept = self._kept_params(initial)
         collections = self._collections(initial)
-        variables = {"params": self._target_params(generated_params, kept.value if kept is not None else None)}
-        variables.update({c: {k: v.value for k, v in keyed.items()} for c, keyed in collections.items()})
+        state = {c: {k: v.value for k, v in keyed.items()} for c, keyed in collections.items()}
         # Every collection the caller made mutable but params (whose leaves are given): also
         # those the model only creates while running (sown ``intermediates``, a ``cache``).
         mutable = subtract_filters(self.scope.mutable, "params")
         mutable = False if is_filter_empty(mutable) else mutable
         rngs = {name: self.make_rng(name) for name in self.scope.rngs if name != "params"}
-        result = self.hypernn_target().apply(variables, *args, rngs=rngs, mutable=mutable, **kwargs)
-        if not mutable:
-            return result
-        output, updates = result
+        return TargetCall(kept.value if kept is not None else None, collections, state, mutable, rngs)
+
+    def _write_back(self, call: "TargetCall", updates: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store the collections the model's ``apply`` returned as this module's variables."""
         for collection, keyed in updates.items():
             for key, value in keyed.items():
-                if collection in collections and key in collections[collection]:
-                    collections[collection][key].value = value
+                if collection in call.collections and key in call.collections[collection]:
+                    call.collections[collection][key].value = value
                 else:
                     self.put_variable(collection, key, value)
-        return output
 
     @nn.compact
     def __call__(

@@ -15,6 +15,7 @@ from flax import nnx
 from ...options import HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
+from .dynamic import DynamicHypernetizedNNX as DynamicHypernetizedNNX
 from .factories import MLPGenerator as MLPGenerator
 from .factories import default_embedding as default_embedding
 from .factories import default_generator as default_generator
@@ -24,8 +25,11 @@ from .module import HypernetizedNNX as HypernetizedNNX
 
 
 def hypernetize(model: nnx.Module, *, options: HypernetizeOptions) -> HypernetizedNNX:
-    """Build a :class:`HypernetizedNNX` for ``model`` from validated ``options``."""
+    """Build a :class:`HypernetizedNNX` (a :class:`DynamicHypernetizedNNX` with
+    ``condition_dim``/``num_conditions``) for ``model`` from validated ``options``."""
     options.reject_unused("flax NNX", used=("rngs",))
+    if options.dynamic:
+        return DynamicHypernetizedNNX(model, **options.common_kwargs(), **options.dynamic_kwargs(), rngs=options.rngs)
     return HypernetizedNNX(model, **options.common_kwargs(), rngs=options.rngs)
 
 

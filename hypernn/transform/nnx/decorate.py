@@ -25,17 +25,21 @@ from typing import Any
 
 from ...errors import OptionTypeError, UnsupportedModelError
 from ...options import HypernetizeOptions
+from .dynamic import DynamicHypernetizedNNX
 from .module import HypernetizedNNX
 
 __all__ = ["decorate"]
 
 
 def decorate(cls: type, options: HypernetizeOptions) -> type:
-    """A ``HypernetizedNNX`` subclass that builds ``cls(*args, **kwargs)`` and hypernetizes it."""
+    """A ``HypernetizedNNX`` (or ``DynamicHypernetizedNNX``) subclass that builds ``cls(*args, **kwargs)`` and hypernetizes it."""
     if issubclass(cls, HypernetizedNNX):
         raise UnsupportedModelError(f"{cls.__name__} is already a hypernetwork class; decorate the model class itself.")
     options.reject_unused("flax NNX", used=("rngs",))
     kwargs = {**options.common_kwargs(), "inplace": True}
+    base = DynamicHypernetizedNNX if options.dynamic else HypernetizedNNX
+    if options.dynamic:
+        kwargs.update(options.dynamic_kwargs())
 
     def __init__(self, *args: Any, **init_kwargs: Any) -> None:
         rngs = options.rngs if options.rngs is not None else init_kwargs.get("rngs")
@@ -43,8 +47,8 @@ def decorate(cls: type, options: HypernetizeOptions) -> type:
             raise OptionTypeError(
                 f"{cls.__name__} is hypernetized: pass `rngs=nnx.Rngs(...)` to its constructor or to `hypernetize`."
             )
-        HypernetizedNNX.__init__(self, cls(*args, **init_kwargs), rngs=rngs, **kwargs)
+        base.__init__(self, cls(*args, **init_kwargs), rngs=rngs, **kwargs)
 
     namespace = {"__init__": __init__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
                  "__doc__": cls.__doc__, "__wrapped__": cls}  # fmt: skip
-    return type(cls.__name__, (HypernetizedNNX,), namespace)
+    return type(cls.__name__, (base,), namespace)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ...calling import call_hypernetwork, check_reserved, reject_generate_kwargs
-from ...errors import OptionTypeError, UnsupportedModelError
+from ...errors import GeneratorOutputError, OptionTypeError, UnsupportedModelError
 from ...layout import Layout, plan_layout
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
@@ -44,7 +44,6 @@ def _check_model(model: Any, rngs: Any) -> None:
         raise OptionTypeError(
             f"an NNX hypernetwork needs `rngs=nnx.Rngs(...)` for its own modules; got {rngs!r}."
         )
-    check_reserved(model.__call__, f"{type(model).__name__}.__call__")
 
 
 class HypernetizedNNX(nnx.Module):
@@ -85,24 +84,31 @@ class HypernetizedNNX(nnx.Module):
             targets=targets, exclude=exclude, embedding_factory=embedding_factory,
             generator_factory=generator_factory, inplace=inplace,
         )  # fmt: skip
+        self._build(model, options, rngs)
+
+    def _build(self, model: nnx.Module, options: HypernetizeOptions, rngs: Any) -> None:
         _check_model(model, rngs)
+        self._check_call_arguments(model, options)
         name = type(model).__name__
         chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude, model_name=name).chosen
         self.layout: Layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
                                           chunk_dim=options.chunk_dim)  # fmt: skip
         self.selection = Selection(tuple(s.without_value() for s in chosen), name)
-        self.embedding_dim = options.embedding_dim
+        self.embedding_dim = self.generator_input_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
         self._factories = (factories.resolve(options.embedding_factory) or factories.default_embedding,
                            factories.resolve(options.generator_factory) or factories.default_generator)  # fmt: skip
+        extra = self._make_extra_modules(options, rngs)
         embedding_module = self._checked_module(self.make_embedding_module(rngs), "embedding_factory")
         weight_generator = self._checked_module(self.make_weight_generator(rngs), "generator_factory")
         del self._factories
-        self._probe(embedding_module, weight_generator)
+        self._probe(embedding_module, weight_generator, extra)
         # Everything that can fail on user input has run: now change state.
         target = model if options.inplace else nnx.merge(*nnx.split(model), **_MERGE_COPY)
         replace_with_slots(target, chosen)
+        for attribute, module in extra.items():
+            setattr(self, attribute, module)
         self.embedding_module = embedding_module
         self.weight_generator = weight_generator
         self.target_network = target
@@ -110,13 +116,20 @@ class HypernetizedNNX(nnx.Module):
 
     # ------------------------------------------------------------ construction
 
+    def _check_call_arguments(self, model: nnx.Module, options: HypernetizeOptions) -> None:
+        check_reserved(model.__call__, f"{type(model).__name__}.__call__")
+
+    def _make_extra_modules(self, options: HypernetizeOptions, rngs: nnx.Rngs) -> Dict[str, nnx.Module]:
+        """Modules besides the embedding and generator (none for a static hypernetwork)."""
+        return {}
+
     def make_embedding_module(self, rngs: nnx.Rngs) -> nnx.Module:
         """Build the chunk embedding module; override in subclasses to customise."""
         return self._factories[0](self.num_embeddings, self.embedding_dim, rngs=rngs)
 
     def make_weight_generator(self, rngs: nnx.Rngs) -> nnx.Module:
         """Build the weight generator; override in subclasses to customise."""
-        return self._factories[1](self.embedding_dim, self.weight_chunk_dim, rngs=rngs)
+        return self._factories[1](self.generator_input_dim, self.weight_chunk_dim, rngs=rngs)
 
     @staticmethod
     def _checked_module(module: Any, argument: str) -> nnx.Module:
@@ -124,20 +137,24 @@ class HypernetizedNNX(nnx.Module):
             raise OptionTypeError(f"`{argument}` must return an nnx.Module; it returned {type(module).__name__}.")
         return module
 
-    def _probe(self, embedding_module: nnx.Module, weight_generator: nnx.Module) -> None:
-        """Trace the new modules abstractly (no state changes) to check output shapes."""
-        from ...errors import GeneratorOutputError
+    #: the condition batch of the probe (a dynamic hypernetwork probes with one condition)
+    _probe_batch: Tuple[int, ...] = ()
 
-        index = jnp.arange(self.num_embeddings)
+    def _probe_chunks(self, embedding_module: nnx.Module, weight_generator: nnx.Module, extra: Dict[str, nnx.Module]) -> Any:
+        """The generator's output for the probe (run under ``nnx.eval_shape``)."""
+        return weight_generator(embedding_module(jnp.arange(self.num_embeddings)))
+
+    def _probe(self, embedding_module: nnx.Module, weight_generator: nnx.Module, extra: Dict[str, nnx.Module]) -> None:
+        """Trace the new modules abstractly (no state changes) to check output shapes."""
         try:
-            chunks = nnx.eval_shape(lambda e, g: g(e(index)), embedding_module, weight_generator)
+            chunks = nnx.eval_shape(lambda e, g, x: self._probe_chunks(e, g, x), embedding_module, weight_generator, extra)
         except Exception as err:
             raise GeneratorOutputError(
                 f"running the embedding module and weight generator on arange({self.num_embeddings}) failed: "
                 f"{type(err).__name__}: {err}. The generator must map (num_embeddings, embedding_dim)="
-                f"({self.num_embeddings}, {self.embedding_dim}) to ({self.num_embeddings}, {self.weight_chunk_dim})."
+                f"({self.num_embeddings}, {self.generator_input_dim}) to ({self.num_embeddings}, {self.weight_chunk_dim})."
             ) from err
-        check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.embedding_dim)
+        check_chunks(chunks, self.num_embeddings, self.weight_chunk_dim, self.generator_input_dim, self._probe_batch)
 
     # ------------------------------------------------------------ generating
 

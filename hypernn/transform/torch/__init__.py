@@ -12,7 +12,7 @@ from typing import List
 
 from torch import nn
 
-from ...options import DYNAMIC_OPTIONS, HypernetizeOptions
+from ...options import HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
 from .dynamic import DynamicHypernetizedModule as DynamicHypernetizedModule
@@ -25,7 +25,7 @@ from .module import HypernetizedModule as HypernetizedModule
 
 def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> HypernetizedModule:
     """Build a :class:`HypernetizedModule` for ``model`` from validated ``options``."""
-    options.reject_unused("torch", used=DYNAMIC_OPTIONS)
+    options.reject_unused("torch")
     if options.dynamic:
         return DynamicHypernetizedModule(model, **options.common_kwargs(), **options.dynamic_kwargs())
     return HypernetizedModule(model, **options.common_kwargs())

@@ -24,11 +24,10 @@ from ...errors import (
     ConfigurationError,
     GeneratedParamsError,
     OptionTypeError,
-    ReservedArgumentError,
 )
 from ...options import HypernetizeOptions
 from . import conditioning
-from ...calling import call_arguments, check_reserved
+from ...calling import call_arguments, check_condition_keyword, check_reserved, route_condition
 from .module import HypernetizedModule
 from .per_sample import PerSampleRunner
 
@@ -76,8 +75,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
     # ------------------------------------------------------------ construction
 
     def _check_forward_arguments(self, model: nn.Module, options: HypernetizeOptions) -> None:
-        if options.condition_keyword and "condition" in call_arguments(model.forward):
-            raise _condition_taken(type(model).__name__)
+        check_condition_keyword(model.forward, f"{type(model).__name__}.forward", options.condition_keyword)
         check_reserved(model.forward, f"{type(model).__name__}.forward")
 
     def _build_extra_modules(self, options: HypernetizeOptions, placement: Dict[str, Any]) -> None:
@@ -188,14 +186,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         **kwargs: Any,
     ) -> Any:
         """``hnet(x, condition=c)``; the other keywords as for a static hypernetwork."""
-        generate_kwargs = dict(generate_params_kwargs or {})
-        if condition is not None:
-            if not self.condition_keyword:
-                kwargs["condition"] = condition  # the model's own argument
-            elif "condition" in generate_kwargs:
-                raise OptionTypeError("pass the condition once: `condition=` or `generate_params_kwargs['condition']`.")
-            else:
-                generate_kwargs["condition"] = condition
+        generate_kwargs = route_condition(condition, generate_params_kwargs, kwargs, self.condition_keyword)
         return super().forward(*args, generated_params=generated_params, has_aux=has_aux,
                                assert_parameter_shapes=assert_parameter_shapes,
                                generate_params_kwargs=generate_kwargs, **kwargs)  # fmt: skip
@@ -208,10 +199,3 @@ class DynamicHypernetizedModule(HypernetizedModule):
             raise ConditionError("materialize needs one condition (shape (C,) or one id), not a batch.")
         return super().materialize(**generate_params_kwargs)
 
-
-def _condition_taken(model_name: str) -> ReservedArgumentError:
-    return ReservedArgumentError(
-        f"{model_name}.forward already takes `condition`, which a dynamic hypernetwork's call takes for itself. "
-        f"Hypernetize with `condition_keyword=False`: then `hnet(x, condition=...)` passes `condition` to the model, "
-        f"and the hypernetwork's condition goes in `generate_params_kwargs={{'condition': c}}`."
-    )

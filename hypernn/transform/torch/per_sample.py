@@ -219,6 +219,13 @@ def _refuse_ambiguous(module: nn.Module, x: torch.Tensor) -> None:
         )
 
 
+#: modules whose forward may take torch's fused attention fast path, which reads the
+#: weights directly (it runs only in eval mode without autograd). The switch that turns it
+#: off cannot be flipped under torch.compile; there it stays as it is (the selected
+#: weights are None on the target, so the fast path cannot silently use stale ones).
+FAST_PATH = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
+
+
 def _has_sequence_first(model: nn.Module) -> bool:
     return any(isinstance(m, SELF_LAYOUT) and not m.batch_first for m in model.modules())
 
@@ -231,12 +238,16 @@ class PerSampleRunner:
         #: layers acting on the last dimension refuse ambiguous inputs in models that
         #: also hold sequence-first layers
         self.guard = _has_sequence_first(model)
+        #: whether torch's attention fast path must be switched off during the call
+        self.attention = any(isinstance(m, FAST_PATH) for m in model.modules())
 
     def __call__(self, model: nn.Module, tensors: Mapping[str, torch.Tensor], batch: int, args: Tuple, kwargs: Dict) -> Any:
         patched = []
-        fast_path = torch.backends.mha.get_fastpath_enabled()
+        switch = self.attention and not torch.compiler.is_compiling()
+        fast_path = torch.backends.mha.get_fastpath_enabled() if switch else None
         try:
-            torch.backends.mha.set_fastpath_enabled(False)
+            if switch:
+                torch.backends.mha.set_fastpath_enabled(False)
             for owner in self.owners:
                 module = model.get_submodule(owner.path)
                 own = {relative: tensors[generated] for relative, generated in owner.tensors}
@@ -247,4 +258,5 @@ class PerSampleRunner:
         finally:
             for module in patched:
                 module.__dict__.pop("forward", None)
-            torch.backends.mha.set_fastpath_enabled(fast_path)
+            if switch:
+                torch.backends.mha.set_fastpath_enabled(fast_path)
