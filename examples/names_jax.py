@@ -58,17 +58,22 @@ def make_hypernetwork(cell: CharCell, embedding_dim: int, num_embeddings: int, i
 def sequence_loss(hnet: nnx.Module, batch: jax.Array) -> jax.Array:
     """Mean cross-entropy (nats per character) of predicting each next character of ``batch``.
 
-    ``batch`` holds codes of ``"." + name + "."`` padded with ``-1`` (ignored).
+    ``batch`` holds codes of ``"." + name + "."`` padded with ``-1`` (ignored). The steps
+    run in ``jax.lax.scan`` (one compiled step, not one per character), on a pure view of
+    the hypernetwork (``nnx.split``, merged back inside the step).
     """
-    h = jnp.zeros((batch.shape[0], hnet.target_network.recurrent.in_features))
-    total = jnp.zeros(())
-    for t in range(batch.shape[1] - 1):  # unrolled under jit: names are short
-        x = jax.nn.one_hot(jnp.maximum(batch[:, t], 0), VOCAB)
-        logits, h = hnet(x, h, condition=jnp.concatenate([x, h], axis=-1))
-        target = batch[:, t + 1]
+    graphdef, state = nnx.split(hnet)
+    hidden = hnet.target_network.recurrent.in_features
+
+    def step(h: jax.Array, codes: Tuple[jax.Array, jax.Array]) -> Tuple[jax.Array, jax.Array]:
+        current, target = codes
+        x = jax.nn.one_hot(jnp.maximum(current, 0), VOCAB)
+        logits, h = nnx.merge(graphdef, state)(x, h, condition=jnp.concatenate([x, h], axis=-1))
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(target, 0))
-        total = total + jnp.where(target >= 0, losses, 0.0).sum()
-    return total / (batch[:, 1:] >= 0).sum()
+        return h, jnp.where(target >= 0, losses, 0.0).sum()
+
+    _, totals = jax.lax.scan(step, jnp.zeros((batch.shape[0], hidden)), (batch[:, :-1].T, batch[:, 1:].T))
+    return totals.sum() / (batch[:, 1:] >= 0).sum()
 
 
 @nnx.jit
