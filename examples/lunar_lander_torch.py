@@ -23,9 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.cli import example_parser, output_dir, progress, summary_line
-from common.plots import plot_curves, plot_heatmaps, save_gif
-from common.rl import Episode, make_env, policy_batch, run_episode
+from common.cli import progress
+from common.rl import Episode, finish, make_env, parse_args, policy_batch, run_episode, snapshot_steps
 from common.torch_parts import count_trainable, scaled_linear_generator
 from hypernn import hypernetize
 
@@ -65,24 +64,9 @@ def update(hnet: nn.Module, optimizer: torch.optim.Optimizer, episodes: Sequence
     return loss.item()
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = example_parser(__doc__.splitlines()[0], name="lunar_lander_torch", length="steps", default_length=150)
-    parser.add_argument("--episodes-per-step", type=int, default=8, help="episodes played per policy update")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--gamma", type=float, default=0.99, help="discount factor")
-    parser.add_argument("--entropy-coef", type=float, default=0.01, help="weight of the entropy bonus")
-    parser.add_argument("--embedding-dim", type=int, default=8, help="width of each chunk embedding")
-    parser.add_argument("--num-embeddings", type=int, default=64, help="upper bound on the number of chunks")
-    parser.add_argument("--init-std", type=float, default=0.1, help="starting std of the generated weights")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="greedy episodes for the final score")
-    parser.add_argument("--max-episode-steps", type=int, default=None, help="cut episodes short (tests)")
-    parser.add_argument("--no-gif", action="store_true", help="skip rendering the episode GIF")
-    return parser.parse_args(argv)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train; write the plots and the GIF; print the summary line; return the results."""
-    args = parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], "lunar_lander_torch", argv)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     policy = make_policy()
@@ -91,12 +75,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     env = make_env(max_episode_steps=args.max_episode_steps)
     returns: List[float] = []
     snapshots: List[tuple] = []
-    snapshot_at = set(np.linspace(0, args.steps, 6).round().astype(int).tolist())
+    snapshot_at = snapshot_steps(args.steps)
     episode_seed = args.seed * 1_000_003
     with progress(range(args.steps + 1), desc="REINFORCE", quiet=args.quiet, unit="update") as bar:
         for step in bar:
             if step in snapshot_at:
-                snapshots.append((step, hnet.generated_state_dict()["0.weight"].numpy().copy()))
+                snapshots.append((step, hnet.generated_state_dict()["0.weight"].numpy().T.copy()))
             if step == args.steps:
                 break
             act = logits_of(hnet.materialize())  # a plain policy with the current generated weights
@@ -105,40 +89,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             update(hnet, optimizer, episodes, args.gamma, args.entropy_coef)
             returns += [e.total_return for e in episodes]
             bar.set_postfix(avg_return=f"{np.mean(returns[-50:]):.1f}")
-    results = evaluate_and_plot(hnet, policy, returns, snapshots, args, rng)
-    print(summary_line("lunar_lander_torch", final_avg_return=f"{results['final_avg_return']:.1f}",
-                       greedy_return=f"{results['greedy_return']:.1f}", episodes=len(returns),
-                       policy_params=results["policy_params"], hypernetwork_params=results["hypernetwork_params"]))  # fmt: skip
+    results = finish("lunar_lander_torch", logits_of(hnet.materialize()), returns, snapshots, args, rng,
+                     policy_params=count_trainable(policy), hypernetwork_params=count_trainable(hnet))  # fmt: skip
+    results["model"] = hnet
     return results
-
-
-def evaluate_and_plot(hnet, policy, returns, snapshots, args, rng) -> Dict[str, Any]:
-    """Score the trained policy and write the learning curve, weight snapshots and GIF."""
-    out = output_dir(args.out)
-    act = logits_of(hnet.materialize())
-    env = make_env(max_episode_steps=args.max_episode_steps)
-    greedy = [run_episode(env, act, seed=10**9 + i, rng=rng, greedy=True).total_return for i in range(args.eval_episodes)]
-    files = {
-        "learning_curve": plot_curves({"return": returns}, out / "learning_curve.png", xlabel="episode",
-                                      ylabel="return", title="REINFORCE on LunarLander-v3, hypernetwork policy (torch)",
-                                      smooth=min(50, max(1, len(returns) // 5))),
-        "weights": plot_heatmaps([w.T for _, w in snapshots], [f"update {s}" for s, _ in snapshots],
-                                 out / "generated_weights.png", columns=2, panel=(4.5, 1.2),
-                                 suptitle="generated first-layer weights (8 inputs x 64 units) over training"),
-    }  # fmt: skip
-    if not args.no_gif:
-        episode = run_episode(make_env(render=True, max_episode_steps=args.max_episode_steps), act, seed=10**9,
-                              rng=rng, greedy=True, render=True)  # fmt: skip
-        files["gif"] = save_gif(episode.frames[::2], out / "episode.gif", fps=25)
-    return {
-        "returns": returns,
-        "final_avg_return": float(np.mean(returns[-50:])),
-        "greedy_return": float(np.mean(greedy)) if greedy else float("nan"),
-        "policy_params": count_trainable(policy),
-        "hypernetwork_params": count_trainable(hnet),
-        "files": files,
-        "model": hnet,
-    }
 
 
 if __name__ == "__main__":

@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.cli import example_parser, output_dir, progress, summary_line
+from common.cli import progress
 from common.data import ImageData, load_images
 from common.flax_parts import count_values, scaled_dense_generator
-from common.mnist import FULL, KERNEL_SHAPE, MnistConfig, format_table, minibatches, random_shift
-from common.plots import plot_heatmaps
+from common.mnist import KERNEL_SHAPE, MnistConfig, minibatches, parse_args, random_shift, report
 from hypernn import hypernetize
 
 Params = Any
@@ -146,28 +145,9 @@ def test_error(model: nn.Module, params: Params, data: ImageData, batch_size: in
     return float(wrong) / len(data.x_test)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = example_parser(__doc__.splitlines()[0], name="mnist_jax", length="epochs", default_length=2)
-    parser.add_argument("--full", action="store_true", help=f"reproduce Table 1: {FULL}")
-    parser.add_argument("--data", choices=("auto", "mnist", "digits"), default="auto", help="auto: MNIST when installed")
-    parser.add_argument("--train-size", type=int, default=None, help="training images (default all)")
-    parser.add_argument("--test-size", type=int, default=None, help="test images (default all)")
-    parser.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay to 0)")
-    return parser.parse_args(argv)
-
-
-def config_from(args) -> MnistConfig:
-    if args.full:
-        return FULL
-    return MnistConfig(epochs=args.epochs, train_size=args.train_size, test_size=args.test_size,
-                       augment=args.augment, lr=args.lr)  # fmt: skip
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train both models; print the table and the summary line; return the results."""
-    args = parse_args(argv)
-    config = config_from(args)
+    args, config = parse_args(__doc__.splitlines()[0], "mnist_jax", argv)
     data = load_images(args.data).subset(config.train_size, config.test_size)
     example = as_images(data.x_train[:1])
     plain_key, hyper_key = jax.random.split(jax.random.key(args.seed))
@@ -185,26 +165,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     results["plain_conv2"] = count_values(params["plain"]["conv2"]["kernel"])
     results["hyper_conv2"] = count_values({k: v for k, v in params["hyper"].items() if k != "target_network"})
     results["models"], results["params"] = models, params
-    rows = [("conv2 learned directly (ours)", f"{results['plain_error']:.2%}", results["plain_conv2"], results["plain_params"]),
-            ("conv2 from the hypernetwork (ours)", f"{results['hyper_error']:.2%}", results["hyper_conv2"], results["hyper_params"])]  # fmt: skip
-    print(f"{data.source}: {len(data.x_train):,} training and {len(data.x_test):,} test images, {config.epochs} epochs")
-    print(format_table(rows))
     generated = models["hyper"].apply({"params": params["hyper"]}, method="generated_variables")
-    results["plot"] = plot_filters(generated["conv2"]["kernel"], params["plain"]["conv2"]["kernel"],
-                                   output_dir(args.out) / "conv2_filters.png")  # fmt: skip
-    print(summary_line("mnist_jax", data=data.source, plain_error=f"{results['plain_error']:.2%}",
-                       hyper_error=f"{results['hyper_error']:.2%}", plain_conv2_params=results["plain_conv2"],
-                       hyper_conv2_params=results["hyper_conv2"],
-                       seconds=f"{results['plain_time'] + results['hyper_time']:.0f}"))  # fmt: skip
+    report("mnist_jax", results, data, config, args.out, np.asarray(generated["conv2"]["kernel"]),
+           np.asarray(params["plain"]["conv2"]["kernel"]))
     return results
-
-
-def plot_filters(generated: jax.Array, learned: jax.Array, path) -> Any:
-    """The first 8 filters of input channel 0, generated (top row) and learned (bottom row)."""
-    panels = [*np.asarray(generated)[:8, 0], *np.asarray(learned)[:8, 0]]
-    titles = [f"gen. filter {i}" for i in range(8)] + [f"learned filter {i}" for i in range(8)]
-    return plot_heatmaps(panels, titles, path, columns=8, aspect="equal",
-                         suptitle="conv2 kernels, input channel 0: generated (top) vs learned (bottom)")  # fmt: skip
 
 
 if __name__ == "__main__":

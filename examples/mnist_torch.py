@@ -26,10 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.cli import example_parser, output_dir, progress, summary_line
+from common.cli import progress
 from common.data import ImageData, load_images
-from common.mnist import FULL, KERNEL_SHAPE, MnistConfig, format_table, minibatches, random_shift
-from common.plots import plot_heatmaps
+from common.mnist import KERNEL_SHAPE, MnistConfig, minibatches, parse_args, random_shift, report
 from common.torch_parts import count_trainable, scaled_linear_generator
 from hypernn import hypernetize
 
@@ -124,28 +123,9 @@ def test_error(model: nn.Module, data: ImageData, batch_size: int = 1000) -> flo
     return float(wrong) / len(data.x_test)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = example_parser(__doc__.splitlines()[0], name="mnist_torch", length="epochs", default_length=2)
-    parser.add_argument("--full", action="store_true", help=f"reproduce Table 1: {FULL}")
-    parser.add_argument("--data", choices=("auto", "mnist", "digits"), default="auto", help="auto: MNIST when installed")
-    parser.add_argument("--train-size", type=int, default=None, help="training images (default all)")
-    parser.add_argument("--test-size", type=int, default=None, help="test images (default all)")
-    parser.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay to 0)")
-    return parser.parse_args(argv)
-
-
-def config_from(args) -> MnistConfig:
-    if args.full:
-        return FULL
-    return MnistConfig(epochs=args.epochs, train_size=args.train_size, test_size=args.test_size,
-                       augment=args.augment, lr=args.lr)  # fmt: skip
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train both models; print the table and the summary line; return the results."""
-    args = parse_args(argv)
-    config = config_from(args)
+    args, config = parse_args(__doc__.splitlines()[0], "mnist_torch", argv)
     data = load_images(args.data).subset(config.train_size, config.test_size)
     results: Dict[str, Any] = {"data": data.source, "config": dataclasses.asdict(config)}
     torch.manual_seed(args.seed)
@@ -160,21 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     results["plain_conv2"] = cnn.conv2.weight.numel()
     results["hyper_conv2"] = count_trainable(hnet.embedding_module) + count_trainable(hnet.weight_generator)
     results["models"] = (cnn, hnet)
-    rows = [("conv2 learned directly (ours)", f"{results['plain_error']:.2%}", results["plain_conv2"], results["plain_params"]),
-            ("conv2 from the hypernetwork (ours)", f"{results['hyper_error']:.2%}", results["hyper_conv2"], results["hyper_params"])]  # fmt: skip
-    print(f"{data.source}: {len(data.x_train):,} training and {len(data.x_test):,} test images, {config.epochs} epochs")
-    print(format_table(rows))
-    out = output_dir(args.out)
-    generated = hnet.generated_state_dict()["conv2.weight"][:, 0].numpy()
-    learned = cnn.conv2.weight.detach()[:, 0].numpy()
-    results["plot"] = plot_heatmaps([*generated[:8], *learned[:8]], [f"gen. filter {i}" for i in range(8)]
-                                    + [f"learned filter {i}" for i in range(8)], out / "conv2_filters.png",
-                                    suptitle="conv2 kernels, input channel 0: generated (top) vs learned (bottom)",
-                                    columns=8, aspect="equal")  # fmt: skip
-    print(summary_line("mnist_torch", data=data.source, plain_error=f"{results['plain_error']:.2%}",
-                       hyper_error=f"{results['hyper_error']:.2%}", plain_conv2_params=results["plain_conv2"],
-                       hyper_conv2_params=results["hyper_conv2"],
-                       seconds=f"{results['plain_time'] + results['hyper_time']:.0f}"))  # fmt: skip
+    report("mnist_torch", results, data, config, args.out, hnet.generated_state_dict()["conv2.weight"].numpy(),
+           cnn.conv2.weight.detach().numpy())
     return results
 
 

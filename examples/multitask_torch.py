@@ -22,9 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.cli import example_parser, output_dir, progress, summary_line
-from common.plots import plot_curves, plot_line_panels
-from common.tasks import SineTasks
+from common.cli import progress
+from common.tasks import SineTasks, parse_args, report
 from common.torch_parts import count_trainable, scaled_linear_generator
 from hypernn import hypernetize
 
@@ -96,31 +95,15 @@ def test_mse(model: nn.Module, tasks: SineTasks) -> float:
     return float(np.mean(errors))
 
 
-def plot_fits(hnet: nn.Module, tasks: SineTasks, path) -> Any:
-    """Each task's true curve and the hypernetwork's prediction."""
-    panels = []
-    for task in range(len(tasks)):
-        x, y = tasks.grid(task)
-        with torch.no_grad():
-            fit = hnet(torch.from_numpy(x), condition=torch.tensor(task)).numpy()  # one weight set for the task
-        panels.append((f"task {task}", x[:, 0], {"task": y[:, 0], "hypernetwork": fit[:, 0]}))
-    return plot_line_panels(panels, path, suptitle="one hypernetwork, one task id per curve")
-
-
-def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = example_parser(__doc__.splitlines()[0], name="multitask_torch", length="steps", default_length=1500)
-    parser.add_argument("--tasks", type=int, default=8, help="number of sine-wave tasks")
-    parser.add_argument("--batch-size", type=int, default=128, help="samples per step (tasks mixed)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (cosine decay to 0)")
-    parser.add_argument("--embedding-dim", type=int, default=8, help="width of each chunk embedding")
-    parser.add_argument("--num-embeddings", type=int, default=64, help="upper bound on the number of chunks")
-    parser.add_argument("--init-std", type=float, default=0.3, help="starting std of the generated weights")
-    return parser.parse_args(argv)
+def fits(hnet: nn.Module, tasks: SineTasks) -> List[np.ndarray]:
+    """The hypernetwork's prediction on each task's grid, one weight set per task."""
+    with torch.no_grad():
+        return [hnet(torch.from_numpy(tasks.grid(t)[0]), condition=torch.tensor(t)).numpy() for t in range(len(tasks))]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train the hypernetwork and both baselines; print the comparison and the summary line."""
-    args = parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], "multitask_torch", argv)
     tasks = SineTasks.draw(args.tasks, seed=args.seed)
     torch.manual_seed(args.seed)
     models = {"hypernetwork": make_hypernetwork(args.tasks, args.embedding_dim, args.num_embeddings, args.init_std),
@@ -130,20 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results["losses"][name] = train(model, tasks, args, desc=name)
         results["mse"][name] = test_mse(model, tasks)
         results["params"][name] = count_trainable(model)
-    for name in models:
-        print(f"{name:>14}: test MSE {results['mse'][name]:.4f}, {results['params'][name]:,} trainable values")
-    out = output_dir(args.out)
-    results["files"] = {
-        "tasks": plot_fits(models["hypernetwork"], tasks, out / "tasks.png"),
-        "loss": plot_curves(results["losses"], out / "loss.png", xlabel="step", ylabel="MSE", title="training loss",
-                            smooth=min(50, max(1, args.steps // 5))),
-    }  # fmt: skip
+    report("multitask_torch", results, fits(models["hypernetwork"], tasks), tasks, args)
     results["model"] = models["hypernetwork"]
-    print(summary_line("multitask_torch", tasks=args.tasks, hypernetwork_mse=f"{results['mse']['hypernetwork']:.4f}",
-                       separate_mse=f"{results['mse']['separate MLPs']:.4f}",
-                       shared_mse=f"{results['mse']['shared MLP']:.4f}",
-                       hypernetwork_params=results["params"]["hypernetwork"],
-                       separate_params=results["params"]["separate MLPs"]))  # fmt: skip
     return results
 
 

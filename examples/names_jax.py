@@ -24,14 +24,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from common.cli import example_parser, output_dir, progress, summary_line
-from common.data import NAME_ALPHABET, encode_names, load_names
+from common.cli import progress
+from common.data import NAME_ALPHABET, load_names
 from common.flax_parts import count_values, scaled_nnx_generator
-from common.plots import plot_curves, plot_heatmaps
+from common.names import MAX_LENGTH, parse_args, report, split_names
 from hypernn import hypernetize
 
 VOCAB = len(NAME_ALPHABET)
-MAX_LENGTH = 12
 
 
 class CharCell(nnx.Module):
@@ -102,26 +101,11 @@ def sample(hnet: nnx.Module, rng: np.random.Generator, temperature: float = 0.8)
     return "".join(letters), weights
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = example_parser(__doc__.splitlines()[0], name="names_jax", length="steps", default_length=1500)
-    parser.add_argument("--batch-size", type=int, default=64, help="names per step")
-    parser.add_argument("--hidden", type=int, default=64, help="width of the RNN state")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--embedding-dim", type=int, default=8, help="width of each chunk embedding")
-    parser.add_argument("--num-embeddings", type=int, default=64, help="upper bound on the number of chunks")
-    parser.add_argument("--init-std", type=float, default=0.15, help="starting std of the generated weights")
-    parser.add_argument("--samples", type=int, default=10, help="names to print at the end")
-    return parser.parse_args(argv)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train; print sampled names and the summary line; write the plots; return the results."""
-    args = parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], "names_jax", argv)
     rng = np.random.default_rng(args.seed)
-    names = load_names(max_length=MAX_LENGTH)
-    codes = encode_names(rng.permutation(names), MAX_LENGTH)
-    held_out = jnp.asarray(codes[: len(codes) // 20])  # 5% of the names, never trained on
-    train = codes[len(codes) // 20 :]
+    train, held_out = split_names(load_names(max_length=MAX_LENGTH), max_length=MAX_LENGTH, seed=args.seed)
     cell = CharCell(args.hidden, rngs=nnx.Rngs(args.seed))
     hnet = make_hypernetwork(cell, args.embedding_dim, args.num_embeddings, args.init_std, args.seed + 1)
     optimizer = nnx.Optimizer(hnet, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr)), wrt=nnx.Param)
@@ -131,30 +115,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             batch = jnp.asarray(train[rng.integers(0, len(train), args.batch_size)])
             losses.append(float(train_step(hnet, optimizer, batch)))
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    return report(hnet, cell, held_out, losses, args, rng)
-
-
-def report(hnet: nnx.Module, cell: CharCell, held_out: jax.Array, losses: List[float], args, rng) -> Dict[str, Any]:
-    """Held-out loss, sampled names, the plots and the summary line."""
-    held_out_loss = float(nnx.jit(sequence_loss)(hnet, held_out))
+    held_out_loss = float(nnx.jit(sequence_loss)(hnet, jnp.asarray(held_out)))
     samples = [sample(hnet, rng) for _ in range(args.samples)]
-    print("sampled names:", ", ".join(name or "(empty)" for name, _ in samples))
-    out = output_dir(args.out)
-    name, weights = max(samples, key=lambda s: len(s[0]))
-    shown = weights[: len(name) + 1]
-    titles = [f"after '{ch}'" for ch in "." + name][: len(shown)]
-    files = {
-        "weights": plot_heatmaps([w[:24, :24] for w in shown], titles, out / "generated_weights.png",
-                                 columns=len(shown), aspect="equal", panel=(1.5, 1.7),
-                                 suptitle=f"generated W_h (first 24x24) at each step of '{name}'"),
-        "loss": plot_curves({"training loss": losses}, out / "loss.png", xlabel="step", ylabel="nats per character",
-                            title="dynamic hypernetwork name model (JAX)", smooth=min(50, max(1, len(losses) // 5))),
-    }  # fmt: skip
-    results = {"losses": losses, "held_out_loss": held_out_loss, "samples": [n for n, _ in samples],
-               "cell_params": count_values(nnx.state(cell, nnx.Param)),
-               "hypernetwork_params": count_values(nnx.state(hnet, nnx.Param)), "files": files, "model": hnet}  # fmt: skip
-    print(summary_line("names_jax", held_out_loss=f"{held_out_loss:.3f}", final_train_loss=f"{np.mean(losses[-50:]):.3f}",
-                       hypernetwork_params=results["hypernetwork_params"], sample=name))  # fmt: skip
+    results = report("names_jax", samples, losses, held_out_loss, args,
+                     cell_params=count_values(nnx.state(cell, nnx.Param)),
+                     hypernetwork_params=count_values(nnx.state(hnet, nnx.Param)))  # fmt: skip
+    results["model"] = hnet
     return results
 
 

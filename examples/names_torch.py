@@ -24,14 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.cli import example_parser, output_dir, progress, summary_line
-from common.data import NAME_ALPHABET, encode_names, load_names
-from common.plots import plot_curves, plot_heatmaps
+from common.cli import progress
+from common.data import NAME_ALPHABET, load_names
+from common.names import MAX_LENGTH, parse_args, report, split_names
 from common.torch_parts import count_trainable, scaled_linear_generator
 from hypernn import hypernetize
 
 VOCAB = len(NAME_ALPHABET)
-MAX_LENGTH = 12
 
 
 class CharCell(nn.Module):
@@ -93,27 +92,12 @@ def sample(hnet: nn.Module, hidden: int, generator: torch.Generator, temperature
     return "".join(letters), weights
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = example_parser(__doc__.splitlines()[0], name="names_torch", length="steps", default_length=1500)
-    parser.add_argument("--batch-size", type=int, default=64, help="names per step")
-    parser.add_argument("--hidden", type=int, default=64, help="width of the RNN state")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--embedding-dim", type=int, default=8, help="width of each chunk embedding")
-    parser.add_argument("--num-embeddings", type=int, default=64, help="upper bound on the number of chunks")
-    parser.add_argument("--init-std", type=float, default=0.15, help="starting std of the generated weights")
-    parser.add_argument("--samples", type=int, default=10, help="names to print at the end")
-    return parser.parse_args(argv)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train; print sampled names and the summary line; write the plots; return the results."""
-    args = parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], "names_torch", argv)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    names = load_names(max_length=MAX_LENGTH)
-    codes = encode_names(rng.permutation(names), MAX_LENGTH)
-    held_out = torch.from_numpy(codes[: len(codes) // 20])  # 5% of the names, never trained on
-    train = codes[len(codes) // 20 :]
+    train, held_out = split_names(load_names(max_length=MAX_LENGTH), max_length=MAX_LENGTH, seed=args.seed)
     cell = CharCell(args.hidden)
     hnet = make_hypernetwork(cell, args.embedding_dim, args.num_embeddings, args.init_std)
     optimizer = torch.optim.Adam(hnet.parameters(), lr=args.lr)
@@ -128,32 +112,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             optimizer.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    return report(hnet, cell, held_out, losses, args)
-
-
-def report(hnet: nn.Module, cell: CharCell, held_out: torch.Tensor, losses: List[float], args) -> Dict[str, Any]:
-    """Held-out loss, sampled names, the plots and the summary line."""
     with torch.no_grad():
-        held_out_loss = sequence_loss(hnet, held_out, args.hidden).item()
+        held_out_loss = sequence_loss(hnet, torch.from_numpy(held_out), args.hidden).item()
     generator = torch.Generator().manual_seed(args.seed)
     samples = [sample(hnet, args.hidden, generator) for _ in range(args.samples)]
-    print("sampled names:", ", ".join(name or "(empty)" for name, _ in samples))
-    out = output_dir(args.out)
-    name, weights = max(samples, key=lambda s: len(s[0]))
-    shown = weights[: len(name) + 1]
-    titles = [f"after '{ch}'" for ch in "." + name][: len(shown)]
-    files = {
-        "weights": plot_heatmaps([w[:24, :24] for w in shown], titles, out / "generated_weights.png",
-                                 columns=len(shown), aspect="equal", panel=(1.5, 1.7),
-                                 suptitle=f"generated W_h (first 24x24) at each step of '{name}'"),
-        "loss": plot_curves({"training loss": losses}, out / "loss.png", xlabel="step", ylabel="nats per character",
-                            title="dynamic hypernetwork name model (torch)", smooth=min(50, max(1, len(losses) // 5))),
-    }  # fmt: skip
-    results = {"losses": losses, "held_out_loss": held_out_loss, "samples": [n for n, _ in samples],
-               "cell_params": count_trainable(cell), "hypernetwork_params": count_trainable(hnet),
-               "files": files, "model": hnet}  # fmt: skip
-    print(summary_line("names_torch", held_out_loss=f"{held_out_loss:.3f}", final_train_loss=f"{np.mean(losses[-50:]):.3f}",
-                       hypernetwork_params=results["hypernetwork_params"], sample=name))  # fmt: skip
+    results = report("names_torch", samples, losses, held_out_loss, args, cell_params=count_trainable(cell),
+                     hypernetwork_params=count_trainable(hnet))  # fmt: skip
+    results["model"] = hnet
     return results
 
 

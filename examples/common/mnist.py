@@ -16,12 +16,19 @@ hypernn expresses it as ``embedding_factory`` (``z`` -> ``a_i``) and ``generator
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import Iterator, List, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["FULL", "HA_TABLE", "KERNEL_SHAPE", "MnistConfig", "format_table", "minibatches", "random_shift"]
+from .cli import example_parser, output_dir, summary_line
+from .data import ImageData
+from .plots import plot_heatmaps
+
+__all__ = ["FULL", "HA_TABLE", "KERNEL_SHAPE", "MnistConfig", "format_table", "minibatches", "parse_args",
+           "random_shift", "report"]  # fmt: skip
 
 #: conv2's kernel, (out, in, height, width): 16 chunks of one output filter (784 values)
 KERNEL_SHAPE = (16, 16, 7, 7)
@@ -74,3 +81,39 @@ def format_table(rows: Sequence[Tuple[str, str, int, int]]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in body]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def parse_args(description: str, name: str, argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, MnistConfig]:
+    """The MNIST examples' command line and the run's settings (``--full`` overrides the rest)."""
+    parser = example_parser(description, name=name, length="epochs", default_length=2)
+    parser.add_argument("--full", action="store_true", help=f"reproduce Table 1: {FULL}")
+    parser.add_argument("--data", choices=("auto", "mnist", "digits"), default="auto", help="auto: MNIST when installed")
+    parser.add_argument("--train-size", type=int, default=None, help="training images (default all)")
+    parser.add_argument("--test-size", type=int, default=None, help="test images (default all)")
+    parser.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay to 0)")
+    args = parser.parse_args(argv)
+    if args.full:
+        return args, FULL
+    return args, MnistConfig(epochs=args.epochs, train_size=args.train_size, test_size=args.test_size,
+                             augment=args.augment, lr=args.lr)  # fmt: skip
+
+
+def report(example: str, results: Dict[str, Any], data: ImageData, config: MnistConfig, out: Path,
+           generated: np.ndarray, learned: np.ndarray) -> None:  # fmt: skip
+    """Print the table and the summary line; plot the kernels (``(out, in, 7, 7)`` arrays).
+
+    ``results`` holds ``{plain,hyper}_{error,params,conv2,time}``; the plot's path is added.
+    """
+    rows = [("conv2 learned directly (ours)", f"{results['plain_error']:.2%}", results["plain_conv2"], results["plain_params"]),
+            ("conv2 from the hypernetwork (ours)", f"{results['hyper_error']:.2%}", results["hyper_conv2"], results["hyper_params"])]  # fmt: skip
+    print(f"{data.source}: {len(data.x_train):,} training and {len(data.x_test):,} test images, {config.epochs} epochs")
+    print(format_table(rows))
+    panels = [*np.asarray(generated)[:8, 0], *np.asarray(learned)[:8, 0]]
+    titles = [f"gen. filter {i}" for i in range(8)] + [f"learned filter {i}" for i in range(8)]
+    results["plot"] = plot_heatmaps(panels, titles, output_dir(out) / "conv2_filters.png", columns=8, aspect="equal",
+                                    suptitle="conv2 kernels, input channel 0: generated (top) vs learned (bottom)")  # fmt: skip
+    print(summary_line(example, data=data.source, plain_error=f"{results['plain_error']:.2%}",
+                       hyper_error=f"{results['hyper_error']:.2%}", plain_conv2_params=results["plain_conv2"],
+                       hyper_conv2_params=results["hyper_conv2"],
+                       seconds=f"{results['plain_time'] + results['hyper_time']:.0f}"))  # fmt: skip

@@ -8,13 +8,18 @@ The torch and JAX examples supply only ``logits(observations) -> (n, 4)`` and th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["ENV_ID", "Episode", "discounted_returns", "make_env", "policy_batch", "run_episode", "sample_action"]
+from .cli import example_parser, output_dir, summary_line
+from .plots import plot_curves, plot_heatmaps, save_gif
+
+__all__ = ["ENV_ID", "Episode", "discounted_returns", "finish", "make_env", "parse_args", "policy_batch", "run_episode",
+           "sample_action", "snapshot_steps"]  # fmt: skip
 
 ENV_ID = "LunarLander-v3"
 
@@ -93,3 +98,50 @@ def policy_batch(episodes: Sequence[Episode], gamma: float):
     returns = np.concatenate([discounted_returns(e.rewards, gamma) for e in episodes])
     advantages = (returns - returns.mean()) / (returns.std() + 1e-8)
     return observations, actions, advantages.astype(np.float32)
+
+
+def parse_args(description: str, name: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The Lunar Lander examples' command line."""
+    parser = example_parser(description, name=name, length="steps", default_length=150)
+    parser.add_argument("--episodes-per-step", type=int, default=8, help="episodes played per policy update")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--gamma", type=float, default=0.99, help="discount factor")
+    parser.add_argument("--entropy-coef", type=float, default=0.01, help="weight of the entropy bonus")
+    parser.add_argument("--embedding-dim", type=int, default=8, help="width of each chunk embedding")
+    parser.add_argument("--num-embeddings", type=int, default=64, help="upper bound on the number of chunks")
+    parser.add_argument("--init-std", type=float, default=0.1, help="starting std of the generated weights")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="greedy episodes for the final score")
+    parser.add_argument("--max-episode-steps", type=int, default=None, help="cut episodes short (tests)")
+    parser.add_argument("--no-gif", action="store_true", help="skip rendering the episode GIF")
+    return parser.parse_args(argv)
+
+
+def snapshot_steps(steps: int, count: int = 6) -> set:
+    """The updates (``0..steps``) at which the generated weights are recorded for the plot."""
+    return set(np.linspace(0, steps, count).round().astype(int).tolist())
+
+
+def finish(example: str, act: Logits, returns: List[float], snapshots: List[Tuple[int, np.ndarray]],
+           args: argparse.Namespace, rng: np.random.Generator, **counts: int) -> Dict[str, Any]:  # fmt: skip
+    """Score the trained policy ``act`` (greedy episodes), write the learning curve, the
+    weight snapshots (``(8, 64)`` arrays) and the episode GIF, print the summary line."""
+    out = output_dir(args.out)
+    env = make_env(max_episode_steps=args.max_episode_steps)
+    greedy = [run_episode(env, act, seed=10**9 + i, rng=rng, greedy=True).total_return for i in range(args.eval_episodes)]
+    files = {
+        "learning_curve": plot_curves({"return": returns}, out / "learning_curve.png", xlabel="episode",
+                                      ylabel="return", title=f"REINFORCE on {ENV_ID}, hypernetwork policy ({example})",
+                                      smooth=min(50, max(1, len(returns) // 5))),
+        "weights": plot_heatmaps([w for _, w in snapshots], [f"update {s}" for s, _ in snapshots],
+                                 out / "generated_weights.png", columns=2, panel=(4.5, 1.2),
+                                 suptitle="generated first-layer weights (8 inputs x 64 units) over training"),
+    }  # fmt: skip
+    if not args.no_gif:
+        episode = run_episode(make_env(render=True, max_episode_steps=args.max_episode_steps), act, seed=10**9,
+                              rng=rng, greedy=True, render=True)  # fmt: skip
+        files["gif"] = save_gif(episode.frames[::2], out / "episode.gif", fps=25)
+    results = {"returns": returns, "final_avg_return": float(np.mean(returns[-50:])),
+               "greedy_return": float(np.mean(greedy)) if greedy else float("nan"), "files": files, **counts}  # fmt: skip
+    print(summary_line(example, final_avg_return=f"{results['final_avg_return']:.1f}",
+                       greedy_return=f"{results['greedy_return']:.1f}", episodes=len(returns), **counts))  # fmt: skip
+    return results

@@ -13,12 +13,16 @@ their average).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["SineTasks"]
+from .cli import example_parser, output_dir, summary_line
+from .plots import plot_curves, plot_line_panels
+
+__all__ = ["SineTasks", "parse_args", "report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,3 +55,39 @@ class SineTasks:
         """Evenly spaced ``x`` and the true ``y`` of one task, for plots and tests."""
         x = np.linspace(-5.0, 5.0, points, dtype=np.float32)[:, None]
         return x, self.target(x, np.full(points, task)).astype(np.float32)
+
+
+def parse_args(description: str, name: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The multi-task examples' command line."""
+    parser = example_parser(description, name=name, length="steps", default_length=1500)
+    parser.add_argument("--tasks", type=int, default=8, help="number of sine-wave tasks")
+    parser.add_argument("--batch-size", type=int, default=128, help="samples per step (tasks mixed)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (cosine decay to 0)")
+    parser.add_argument("--embedding-dim", type=int, default=8, help="width of each chunk embedding")
+    parser.add_argument("--num-embeddings", type=int, default=64, help="upper bound on the number of chunks")
+    parser.add_argument("--init-std", type=float, default=0.3, help="starting std of the generated weights")
+    return parser.parse_args(argv)
+
+
+def report(example: str, results: Dict[str, Any], fits: Sequence[np.ndarray], tasks: SineTasks,
+           args: argparse.Namespace) -> None:  # fmt: skip
+    """Print the comparison and the summary line; plot the losses and each task's fit.
+
+    ``results`` holds ``losses``, ``mse`` and ``params`` by model name (``"hypernetwork"``,
+    ``"separate MLPs"``, ``"shared MLP"``); ``fits[t]`` is the hypernetwork's prediction
+    on ``tasks.grid(t)``. The plots' paths are added as ``results["files"]``.
+    """
+    for name in results["mse"]:
+        print(f"{name:>14}: test MSE {results['mse'][name]:.4f}, {results['params'][name]:,} trainable values")
+    out = output_dir(args.out)
+    panels = [(f"task {t}", tasks.grid(t)[0][:, 0], {"task": tasks.grid(t)[1][:, 0], "hypernetwork": np.ravel(fit)})
+              for t, fit in enumerate(fits)]  # fmt: skip
+    results["files"] = {
+        "tasks": plot_line_panels(panels, out / "tasks.png", suptitle="one hypernetwork, one task id per curve"),
+        "loss": plot_curves(results["losses"], out / "loss.png", xlabel="step", ylabel="MSE", title="training loss",
+                            smooth=min(50, max(1, args.steps // 5))),
+    }  # fmt: skip
+    mse, params = results["mse"], results["params"]
+    print(summary_line(example, tasks=len(tasks), hypernetwork_mse=f"{mse['hypernetwork']:.4f}",
+                       separate_mse=f"{mse['separate MLPs']:.4f}", shared_mse=f"{mse['shared MLP']:.4f}",
+                       hypernetwork_params=params["hypernetwork"], separate_params=params["separate MLPs"]))  # fmt: skip

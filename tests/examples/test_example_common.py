@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from example_runner import EXAMPLES  # puts examples/ on sys.path, so `common` is examples/common
-from common import cli, data, mnist, plots, rl, tasks
+from common import cli, data, mnist, names, plots, rl, tasks
 
 
 def test_common_is_the_examples_package():
     assert Path(cli.__file__).parent == EXAMPLES / "common"
 
 
-@pytest.mark.parametrize("module", [cli, data, rl, tasks], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [cli, data, names, rl, tasks], ids=lambda m: m.__name__)
 def test_doctests(module):
     failures, _ = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert failures == 0
@@ -151,3 +151,9 @@ def test_parser_options_and_summary_line(tmp_path):
     with pytest.raises(ValueError, match="'steps' or 'epochs'"):
         cli.example_parser("d", name="demo", length="iterations", default_length=1)
     assert cli.output_dir(tmp_path / "a" / "b").is_dir()
+
+
+def test_names_split_keeps_a_held_out_share():
+    train, held_out = names.split_names([f"n{'a' * i}" for i in range(40)], max_length=45, seed=0)
+    assert (len(train), len(held_out)) == (38, 2)
+    assert not {tuple(r) for r in train} & {tuple(r) for r in held_out}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from example_runner import load_example, run_example, summary
+from example_runner import run_example, summary
 
 SHORT = ["--data", "digits", "--epochs", "3", "--seed", "0", "--quiet"]
 
@@ -66,8 +66,10 @@ def test_real_mnist_subset_and_progress_bars(tmp_path):
 
 
 def test_full_run_is_the_table_setting():
-    for name in ("mnist_torch", "mnist_jax"):
-        module = load_example(name)
-        config = module.config_from(module.parse_args(["--full", "--epochs", "1"]))
-        assert config == module.FULL
-        assert (config.epochs, config.train_size, config.test_size, config.augment) == (40, None, None, True)
+    from common import mnist
+
+    _, config = mnist.parse_args("d", "mnist_torch", ["--full", "--epochs", "1", "--train-size", "10"])
+    assert config == mnist.FULL
+    assert (config.epochs, config.train_size, config.test_size, config.augment) == (40, None, None, True)
+    _, short = mnist.parse_args("d", "mnist_torch", [])
+    assert (short.epochs, short.train_size, short.augment) == (2, None, False)
