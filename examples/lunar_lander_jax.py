@@ -85,10 +85,10 @@ def make_update(entropy_coef: float) -> Callable:
 def batch_arrays(episodes: Sequence[Episode], gamma: float) -> Tuple[jax.Array, ...]:
     """The REINFORCE batch, zero-padded to :func:`padded` steps, with its mask."""
     observations, actions, advantages = policy_batch(episodes, gamma)
-    size, total = len(actions), padded(len(actions))
-    pad = lambda array: np.concatenate([array, np.zeros((total - size, *array.shape[1:]), array.dtype)])  # noqa: E731
-    mask = np.concatenate([np.ones(size, np.float32), np.zeros(total - size, np.float32)])
-    return tuple(jnp.asarray(pad(a)) for a in (observations, actions, advantages)) + (jnp.asarray(mask),)
+    mask = np.ones(len(actions), np.float32)
+    extra = padded(len(actions)) - len(actions)
+    arrays = (observations, actions, advantages, mask)
+    return tuple(jnp.asarray(np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)])) for a in arrays)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -104,20 +104,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     snapshots: List[tuple] = []
     snapshot_at = snapshot_steps(args.steps)
     episode_seed = args.seed * 1_000_003
-    with progress(range(args.steps + 1), desc="REINFORCE", quiet=args.quiet, unit="update") as bar:
+    with progress(range(args.steps), desc="REINFORCE", quiet=args.quiet, unit="update") as bar:
         for step in bar:
             current = hnet.materialize()  # a plain Policy with the current generated weights
             if step in snapshot_at:
                 snapshots.append((step, np.asarray(current.layer1.kernel[...])))
-            if step == args.steps:
-                break
             act = runner(current)
             episodes = [run_episode(env, act, seed=episode_seed + i, rng=rng) for i in range(args.episodes_per_step)]
             episode_seed += args.episodes_per_step
             update(hnet, optimizer, *batch_arrays(episodes, args.gamma))
             returns += [e.total_return for e in episodes]
             bar.set_postfix(avg_return=f"{np.mean(returns[-50:]):.1f}")
-    results = finish("lunar_lander_jax", runner(hnet.materialize()), returns, snapshots, args, rng,
+    final = hnet.materialize()
+    snapshots.append((args.steps, np.asarray(final.layer1.kernel[...])))
+    results = finish("lunar_lander_jax", runner(final), returns, snapshots, args, rng,
                      policy_params=count_values(nnx.state(policy, nnx.Param)),
                      hypernetwork_params=count_values(nnx.state(hnet, nnx.Param)))  # fmt: skip
     results["model"] = hnet

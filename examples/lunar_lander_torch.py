@@ -77,18 +77,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     snapshots: List[tuple] = []
     snapshot_at = snapshot_steps(args.steps)
     episode_seed = args.seed * 1_000_003
-    with progress(range(args.steps + 1), desc="REINFORCE", quiet=args.quiet, unit="update") as bar:
+
+    def first_layer() -> np.ndarray:
+        """The generated first-layer weights as (8 inputs, 64 units)."""
+        return hnet.generated_state_dict()["0.weight"].numpy().T.copy()
+
+    with progress(range(args.steps), desc="REINFORCE", quiet=args.quiet, unit="update") as bar:
         for step in bar:
             if step in snapshot_at:
-                snapshots.append((step, hnet.generated_state_dict()["0.weight"].numpy().T.copy()))
-            if step == args.steps:
-                break
+                snapshots.append((step, first_layer()))
             act = logits_of(hnet.materialize())  # a plain policy with the current generated weights
             episodes = [run_episode(env, act, seed=episode_seed + i, rng=rng) for i in range(args.episodes_per_step)]
             episode_seed += args.episodes_per_step
             update(hnet, optimizer, episodes, args.gamma, args.entropy_coef)
             returns += [e.total_return for e in episodes]
             bar.set_postfix(avg_return=f"{np.mean(returns[-50:]):.1f}")
+    snapshots.append((args.steps, first_layer()))
     results = finish("lunar_lander_torch", logits_of(hnet.materialize()), returns, snapshots, args, rng,
                      policy_params=count_trainable(policy), hypernetwork_params=count_trainable(hnet))  # fmt: skip
     results["model"] = hnet

@@ -117,8 +117,13 @@ def parse_args(description: str, name: str, argv: Optional[Sequence[str]] = None
 
 
 def snapshot_steps(steps: int, count: int = 6) -> set:
-    """The updates (``0..steps``) at which the generated weights are recorded for the plot."""
-    return set(np.linspace(0, steps, count).round().astype(int).tolist())
+    """The updates before which the generated weights are recorded for the plot (the
+    examples add the final weights, after update ``steps``, themselves).
+
+        >>> sorted(snapshot_steps(10))
+        [0, 2, 4, 6, 8]
+    """
+    return set(np.linspace(0, steps, count).round().astype(int).tolist()) - {steps}
 
 
 def finish(example: str, act: Logits, returns: List[float], snapshots: List[Tuple[int, np.ndarray]],
