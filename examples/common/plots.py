@@ -49,7 +49,8 @@ def plot_heatmaps(
     columns = columns or count
     rows = -(-count // columns)
     limit = max(float(np.abs(m).max()) for m in matrices) or 1.0
-    figure, axes = plt.subplots(rows, columns, figsize=(panel[0] * columns + 1.2, panel[1] * rows + 0.8), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(panel[0] * columns + 1.2, panel[1] * rows + 0.8), squeeze=False,
+                                gridspec_kw={"hspace": 0.45})
     for axis in axes.flat[count:]:
         axis.axis("off")
     for axis, matrix, title in zip(axes.flat, matrices, titles):
