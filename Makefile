@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast bench docs docs-check clean
+.PHONY: demo test test-fast bench bench-peers docs docs-check clean
 
 $(VENV)/.installed: setup.cfg requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,13 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/torch_mlp_step.py
-	$(PY) benchmarks/jax_mlp_step.py
-	$(PY) benchmarks/torch_dynamic_step.py
+# The benchmark suite: every workload in its own process, one table, benchmarks/RESULTS.md.
+# The peers (hyper-nn, hyperlight) get their own environments under .peers/ (from PyPI, once).
+bench: $(VENV)/.installed bench-peers
+	$(PY) benchmarks/run_all.py
+
+bench-peers: $(VENV)/.installed
+	$(PY) benchmarks/peer_setup.py
 
 # The documentation site, built strictly (any warning fails) into site/; offline.
 docs: $(VENV)/.installed
@@ -41,4 +44,4 @@ docs-check: docs
 	$(PY) docs/scripts/check_site.py site --screenshot docs-check/home.png
 
 clean:
-	rm -rf $(VENV) build *.egg-info site docs-check
+	rm -rf $(VENV) .peers build *.egg-info site docs-check

@@ -259,7 +259,10 @@ class HypernetizedModule(nn.Module):
         """Run the target network with ``generated_params`` in place of the selected tensors."""
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
-        tensors = self.unflatten(generated_params)
+        return self._run_with_tensors(self.unflatten(generated_params), args, kwargs)
+
+    def _run_with_tensors(self, tensors: Mapping[str, torch.Tensor], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """Run the target with ``tensors`` (by name) in its selected parameter slots."""
         if not self._stateful_owners and not torch.compiler.is_compiling():
             with self._parameter_slots().filled(self._target, tensors):
                 return self._target(*args, **kwargs)
@@ -291,8 +294,12 @@ class HypernetizedModule(nn.Module):
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
         if generated_params is None and not generate_params_kwargs and self._reuses_generated_weights():
-            generated_params, aux = self._generated_cache().get(*self._generating_tensors(), self.generate_params)
-            output = self.target_forward(*args, generated_params=generated_params, assert_parameter_shapes=False, **kwargs)
+            generated_params, aux, tensors = self._generated_cache().get(*self._generating_tensors(), self._generate_all)
+            if type(self).target_forward is HypernetizedModule.target_forward:
+                output = self._run_with_tensors(tensors, args, kwargs)  # the cut tensors are reused too
+            else:
+                output = self.target_forward(*args, generated_params=generated_params, assert_parameter_shapes=False,
+                                             **kwargs)  # fmt: skip
             return (output, generated_params, aux) if has_aux else output
         return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
                                  assert_parameter_shapes=assert_parameter_shapes,
@@ -315,6 +322,11 @@ class HypernetizedModule(nn.Module):
                                      *(m.parameters() for m in modules))  # fmt: skip
         buffers = itertools.chain((b for b in self._buffers.values() if b is not None), *(m.buffers() for m in modules))
         return parameters, buffers
+
+    def _generate_all(self) -> Tuple[torch.Tensor, Dict[str, Any], Dict[str, torch.Tensor]]:
+        """``(flat, aux, tensors by name)``: what a reused call needs."""
+        flat, aux = self.generate_params()
+        return flat, aux, self.unflatten(flat)
 
     def _generated_cache(self) -> GeneratedWeightsCache:
         cache = self.__dict__.get("_generated_weights_cache")
