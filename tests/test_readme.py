@@ -2,17 +2,15 @@
 recipes that need several processes: shown, not run)."""
 
 import pathlib
-import re
+
+from snippets import python_blocks, run_python_blocks
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) >= 6
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    assert len(python_blocks(README)) >= 6
+    namespace = run_python_blocks(README)
     assert namespace["y"].shape == (4, 10)
     assert isinstance(namespace["policy"], namespace["Policy"])
     assert namespace["per_sample"].shape == namespace["by_task"].shape == (5, 10)

@@ -60,7 +60,8 @@ def _check_ids(ids: jax.Array, num_conditions: int) -> jax.Array:
     if ids.ndim > 1:
         raise ConditionError(f"`condition` ids must have shape () or (B,); got {tuple(ids.shape)}.")
     if not isinstance(ids, jax.core.Tracer) and ids.size:
-        low, high = int(ids.min()), int(ids.max())
+        values = np.asarray(ids)  # numpy: no jax op that a surrounding trace would capture
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= num_conditions:
             raise ConditionError(f"`condition` ids must lie in [0, {num_conditions}); got values from {low} to {high}.")
     return ids

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ConditionError
 
-__all__ = ["SAMPLE_AXIS", "map_samples", "split_keys", "with_sample_axis"]
+__all__ = ["SAMPLE_AXIS", "drop_sample_batch_axis", "map_samples", "split_keys", "with_sample_axis"]
 
 #: the name of the vmap axis over samples (batch norm layers reduce over it)
 SAMPLE_AXIS = "hypernn_sample"
@@ -108,10 +108,11 @@ def map_samples(
 
     mapped = jax.vmap(one, in_axes=(0, 0, None), axis_name=SAMPLE_AXIS)
     output, extras = mapped(per_sample, [leaves[i] for i in positions], shared)
-    return jax.tree_util.tree_map(_drop_sample_batch_axis, output), extras
+    return jax.tree_util.tree_map(drop_sample_batch_axis, output), extras
 
 
-def _drop_sample_batch_axis(leaf: Any) -> Any:
+def drop_sample_batch_axis(leaf: Any) -> Any:
+    """``(B, 1, ...)`` -> ``(B, ...)``: one sample's batch axis of size 1 removed."""
     if isinstance(leaf, jax.Array) and leaf.ndim >= 2 and leaf.shape[1] == 1:
         return jnp.squeeze(leaf, axis=1)
     return leaf

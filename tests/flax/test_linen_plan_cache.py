@@ -5,8 +5,10 @@ import gc
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import pytest
 
 from hypernn import hypernetize
+from hypernn.errors import OptionTypeError
 from hypernn.transform.linen import module as linen_module
 
 
@@ -40,3 +42,13 @@ def test_a_lazily_planned_hypernetwork_reports_its_plan_after_init():
     assert generated["kernel"].shape == (5, 3)
     expected = nn.Dense(3).apply({"params": generated}, x)
     assert jnp.allclose(hnet.apply(variables, x), expected)
+
+
+def test_traces_at_several_batch_sizes_share_one_plan_but_other_shapes_do_not():
+    hnet = hypernetize(nn.Dense(3), embedding_dim=4, num_embeddings=2)
+    variables = hnet.init(jax.random.key(0), jnp.ones((4, 5)))
+    hnet.apply(variables, jnp.ones((1, 5)))  # another batch size: another trace, the same plan
+    assert hnet.layout.num_params == 18
+    hnet.init(jax.random.key(0), jnp.ones((1, 7)))  # another input width: another plan
+    with pytest.raises(OptionTypeError, match=r"traced with 2 different input structures"):
+        hnet.layout

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from ...calling import call_arguments, call_hypernetwork, check_condition_keyword, route_condition
 from ...errors import ConditionError, OptionTypeError, UnsupportedModelError
 from ..jaxconditions import check_condition
-from ..jaxpersample import map_samples, split_keys, with_sample_axis
+from ..jaxconv import patches_conv
+from ..jaxpersample import drop_sample_batch_axis, map_samples, split_keys, with_sample_axis
 from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import conditioning, factories
 from .module import HypernetizedLinen, LinenHypernetwork, _checked, check_call_signature
@@ -40,18 +41,31 @@ def check_dynamic_call_signature(cls: type, condition_keyword: bool) -> None:
     check_condition_keyword(cls.__call__, f"{cls.__name__}.__call__", condition_keyword)
 
 
-def _conditional_batch_norm(next_fun: Any, args: Tuple, kwargs: Dict, context: Any) -> Any:
-    """Interceptor: batch norm layers also reduce over the sample axis (whole-batch
-    statistics with per-sample weights); the layer's ``axis_name`` is restored after."""
-    module = context.module
-    if not isinstance(module, nn.BatchNorm) or context.method_name != "__call__":
-        return next_fun(*args, **kwargs)
-    original = module.axis_name
-    object.__setattr__(module, "axis_name", with_sample_axis(original))
-    try:
-        return next_fun(*args, **kwargs)
-    finally:
-        object.__setattr__(module, "axis_name", original)
+def _per_sample_layers(conv_paths: FrozenSet[Tuple[str, ...]]) -> Callable[..., Any]:
+    """An interceptor for the model's layers under the sample ``vmap``: batch norm layers
+    also reduce over the sample axis (whole-batch statistics with per-sample weights), and
+    convolutions whose kernel is generated (their module paths: ``conv_paths``) run as
+    patches times kernel (:mod:`hypernn.transform.jaxconv`). Attributes are restored after."""
+
+    def intercept(next_fun: Any, args: Tuple, kwargs: Dict, context: Any) -> Any:
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        if isinstance(module, nn.BatchNorm):
+            attribute, value = "axis_name", with_sample_axis(module.axis_name)
+        elif (isinstance(module, nn.Conv) and module.conv_general_dilated is None
+              and module.conv_general_dilated_cls is None and tuple(module.scope.path) in conv_paths):  # fmt: skip
+            attribute, value = "conv_general_dilated", patches_conv
+        else:
+            return next_fun(*args, **kwargs)
+        original = getattr(module, attribute)
+        object.__setattr__(module, attribute, value)
+        try:
+            return next_fun(*args, **kwargs)
+        finally:
+            object.__setattr__(module, attribute, original)
+
+    return intercept
 
 
 class LinenDynamicHypernetwork(LinenHypernetwork):
@@ -153,11 +167,12 @@ class LinenDynamicHypernetwork(LinenHypernetwork):
         batch = generated_params.shape[0]
         call = self._target_call(args, kwargs)
         target = self.hypernn_target()
+        intercept = _per_sample_layers(frozenset(path[:-1] for _, path in self.plan.slots if path[-1] == "kernel"))
 
         def run(sample: Any, *sample_args: Any, shared: Any, **sample_kwargs: Any) -> Any:
             tensors, keys = sample
             variables = {"params": self._params_tree(tensors, shared["kept"]), **shared["state"]}
-            with nn.intercept_methods(_conditional_batch_norm):
+            with nn.intercept_methods(intercept):
                 result = target.apply(variables, *sample_args, rngs=keys, mutable=call.mutable, **sample_kwargs)
             return result if call.mutable else (result, {})
 
@@ -189,7 +204,8 @@ class LinenDynamicHypernetwork(LinenHypernetwork):
 def _merge_sample_updates(updates: Mapping[str, Mapping[str, Any]], existing: Mapping[str, Any]) -> Dict[str, Any]:
     """One update per collection from ``B`` per-sample ones: the model's own state (batch
     statistics, reduced over the sample axis, so equal in every sample) from sample 0;
-    collections created by the call (sown ``intermediates``) per sample."""
+    collections created by the call (sown ``intermediates``) per sample, laid out like the
+    outputs."""
     merged: Dict[str, Any] = {}
     for collection, keyed in updates.items():
         if collection in _PER_SAMPLE_STATE:
@@ -200,7 +216,7 @@ def _merge_sample_updates(updates: Mapping[str, Mapping[str, Any]], existing: Ma
         if collection in existing:
             merged[collection] = jax.tree_util.tree_map(lambda leaf: leaf[0], keyed)
         else:
-            merged[collection] = keyed
+            merged[collection] = jax.tree_util.tree_map(drop_sample_batch_axis, keyed)
     return merged
 
 

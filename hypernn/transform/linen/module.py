@@ -114,6 +114,11 @@ class TargetCall:
     rngs: Mapping[str, jax.Array]
 
 
+def _plan_identity(plan: LinenPlan) -> Tuple:
+    """What makes two traced plans the same: layout, slots, kept params, collections."""
+    return (plan.layout, plan.slots, plan.kept, plan.structure.collections)
+
+
 def _shape_key(tree: Any) -> Optional[Tuple]:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     key = [(tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else x for x in leaves]
@@ -153,8 +158,8 @@ class LinenHypernetwork(nn.Module):
         """The plan: given at hypernetize time, or traced by the first ``init``/``apply``."""
         if self.hypernn_plan is not None:
             return self.hypernn_plan
-        traced = list(_plan_cache(self.hypernn_options()).values())
-        if len(traced) == 1:
+        traced = list({_plan_identity(plan): plan for plan in _plan_cache(self.hypernn_options()).values()}.values())
+        if len(traced) == 1:  # e.g. traced at two batch sizes: the same plan
             return traced[0]
         if not traced:
             raise OptionTypeError(
@@ -351,11 +356,13 @@ class LinenHypernetwork(nn.Module):
         return TargetCall(kept.value if kept is not None else None, collections, state, mutable, rngs)
 
     def _write_back(self, call: "TargetCall", updates: Mapping[str, Mapping[str, Any]]) -> None:
-        """Store the collections the model's ``apply`` returned as this module's variables."""
+        """Store the collections the model's ``apply`` returned as this module's variables
+        (while initialising, the model's own initial state stays, as ``model.init`` leaves it)."""
         for collection, keyed in updates.items():
             for key, value in keyed.items():
                 if collection in call.collections and key in call.collections[collection]:
-                    call.collections[collection][key].value = value
+                    if not self.is_initializing():
+                        call.collections[collection][key].value = value
                 else:
                     self.put_variable(collection, key, value)
 

@@ -13,17 +13,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from ...calling import call_arguments, call_hypernetwork, check_condition_keyword, check_reserved, route_condition
 from ...errors import ConditionError, ConfigurationError, OptionTypeError, UnsupportedModelError
 from ...options import HypernetizeOptions
 from ..jaxconditions import check_condition
-from ..jaxpersample import map_samples, with_sample_axis
+from ..jaxconv import patches_conv
+from ..jaxpersample import drop_sample_batch_axis, map_samples, with_sample_axis
 from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import conditioning
 from .introspect import GeneratedSlot
@@ -41,7 +43,8 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
     ``c`` holds integer ids (shape ``(B,)`` or ``()``).
 
     Per-sample weights run under ``jax.vmap`` (rules: :mod:`hypernn.transform.jaxpersample`):
-    an independent dropout mask per sample, and batch norm as conditional batch norm
+    an independent dropout mask per sample (from the model's own ``Rngs`` or an ``nnx.Rngs``
+    passed with the call, split per sample), and batch norm as conditional batch norm
     (whole-batch statistics, running averages updated once, per-sample scale and shift).
 
     Args: those of :class:`HypernetizedNNX`, plus ``condition_dim``, ``num_conditions``,
@@ -151,21 +154,28 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
         graphdef, keys, rest = nnx.split(self.target_network, nnx.RngKey, ...)
         batched_keys = jax.tree_util.tree_map(lambda key: jax.random.split(key, batch), keys)
         slot_paths = self._slot_paths
+        conv_paths = frozenset(path[:-1] for path, _ in slot_paths if path[-1] == "kernel")
 
         def run(sample: Any, *sample_args: Any, shared: nnx.State, **sample_kwargs: Any) -> Any:
-            tensors, sample_keys = sample
+            tensors, sample_keys, (rngs_args, rngs_kwargs) = sample
+            sample_args = tuple(rngs_args.get(i, value) for i, value in enumerate(sample_args))
+            sample_kwargs = {**sample_kwargs, **rngs_kwargs}
             flat = dict(nnx.to_flat_state(shared))
             for path, name in slot_paths:
                 flat[path] = GeneratedSlot(tensors[name])
             model = nnx.merge(graphdef, sample_keys, nnx.from_flat_state(flat), **_MERGE_COPY)
-            for _, node in nnx.graph.iter_graph(model):
-                if isinstance(node, nnx.BatchNorm):
-                    node.axis_name = with_sample_axis(node.axis_name)
+            _per_sample_layers(model, conv_paths)
             output = model(*sample_args, **sample_kwargs)
             return output, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, GeneratedSlot, nnx.RngKey)))
 
-        output, updated = map_samples(run, (unflatten(generated_params, self.layout), batched_keys), args, kwargs,
-                                      batch=batch, shared=rest)  # fmt: skip
+        # an nnx.Rngs passed with the call: one stream per sample (advancing the caller's),
+        # mapped with the weights rather than as an argument (whose samples keep an axis)
+        call_rngs = ({i: value.split(batch) for i, value in enumerate(args) if isinstance(value, nnx.Rngs)},
+                     {name: value.split(batch) for name, value in kwargs.items() if isinstance(value, nnx.Rngs)})
+        args = tuple(None if i in call_rngs[0] else value for i, value in enumerate(args))
+        kwargs = {name: value for name, value in kwargs.items() if name not in call_rngs[1]}
+        per_sample = (unflatten(generated_params, self.layout), batched_keys, call_rngs)
+        output, updated = map_samples(run, per_sample, args, kwargs, batch=batch, shared=rest)
         nnx.update(self.target_network, _merge_sample_state(updated))
         return output
 
@@ -186,10 +196,22 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
                                  generate_params_kwargs=generate_kwargs)  # fmt: skip
 
 
+def _per_sample_layers(model: nnx.Module, conv_paths: FrozenSet[Tuple[Any, ...]]) -> None:
+    """On the merged copy the sample ``vmap`` runs: batch norm layers also reduce over the
+    sample axis (whole-batch statistics with per-sample weights), and convolutions whose
+    kernel is generated (module paths ``conv_paths``) run as patches times kernel
+    (:mod:`hypernn.transform.jaxconv`)."""
+    for path, node in nnx.graph.iter_graph(model):
+        if isinstance(node, nnx.BatchNorm):
+            node.axis_name = with_sample_axis(node.axis_name)
+        elif isinstance(node, nnx.Conv) and tuple(path) in conv_paths and node.conv_general_dilated is lax.conv_general_dilated:
+            node.conv_general_dilated = patches_conv
+
+
 def _merge_sample_state(updated: nnx.State) -> nnx.State:
     """One state from ``B`` per-sample ones: the model's own state (batch statistics,
     reduced over the sample axis, and RNG counts: equal in every sample) from sample 0;
-    sown intermediates per sample."""
+    sown intermediates per sample, laid out like the outputs."""
     flat = []
     for path, variable in nnx.to_flat_state(updated):
         if isinstance(variable, nnx.Cache):
@@ -197,7 +219,9 @@ def _merge_sample_state(updated: nnx.State) -> nnx.State:
                 f"per-sample weights cannot update the cache `{'.'.join(map(str, path))}` (each sample would write "
                 f"its own state); pass one condition (shape (C,)) for the whole batch."
             )
-        if not isinstance(variable, nnx.Intermediate):
+        if isinstance(variable, nnx.Intermediate):
+            variable = variable.replace(jax.tree_util.tree_map(drop_sample_batch_axis, variable[...]))
+        else:
             variable = variable.replace(variable[...][0])
         flat.append((path, variable))
     return nnx.from_flat_state(flat)

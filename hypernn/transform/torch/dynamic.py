@@ -70,7 +70,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         self.condition_keyword = condition_keyword
         self._build(model, built)
         names = {name: slot.name for slot in self.layout.slots for name in (slot.name,) + slot.aliases}
-        self._runner = PerSampleRunner(self.target_network, list(names), names)
+        self._runner = PerSampleRunner(self._target, list(names), names)
 
     # ------------------------------------------------------------ construction
 
@@ -173,7 +173,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
         tensors = self.unflatten(generated_params)
-        return self._runner(self.target_network, tensors, generated_params.shape[0], args, kwargs)
+        return self._runner(self._target, tensors, generated_params.shape[0], args, kwargs)
 
     def forward(
         self,

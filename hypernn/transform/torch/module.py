@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+import itertools
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -30,7 +31,10 @@ from ...checkpoint import check_checkpoint, strip_wrapper_prefixes
 from ...layout import Layout, plan_layout
 from ...options import HypernetizeOptions
 from ...selection import Selection, Selector, select
+from ...specs import ParamSpec
 from . import factories
+from .reuse import GeneratedWeightsCache, can_reuse
+from .swap import ParameterSlots
 from .introspect import copy_without, param_specs, refresh_derived_state, remove_parameters, untrack_generated_weights
 
 __all__ = ["RESERVED_KEYWORDS", "HypernetizedModule"]
@@ -108,28 +112,38 @@ class HypernetizedModule(nn.Module):
     def _build(self, model: nn.Module, options: HypernetizeOptions) -> None:
         _check_model(model)
         self._check_forward_arguments(model, options)
-        chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude,
-                        model_name=type(model).__name__).chosen  # fmt: skip
-        self.layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
-                                  chunk_dim=options.chunk_dim)  # fmt: skip
+        chosen, self.layout = self._plan(model, options)
         self.selection = Selection(tuple(s.without_value() for s in chosen), type(model).__name__)
         self.embedding_dim = self.generator_input_dim = options.embedding_dim
         self.num_embeddings = self.layout.num_chunks
         self.weight_chunk_dim = self.layout.chunk_dim
         self._factories = (factories.resolve(options.embedding_factory) or factories.default_embedding,
                            factories.resolve(options.generator_factory) or factories.default_generator)  # fmt: skip
-        reference = chosen[0].value
-        placement = dict(device=reference.device, dtype=reference.dtype)
+        reference = chosen[0].value if chosen else None  # none: a subclass planned an empty layout
+        placement = dict(device=reference.device, dtype=reference.dtype) if reference is not None else {}
         self.embedding_module = self._checked_module(self.make_embedding_module(), "embedding_factory").to(**placement)
         self._build_extra_modules(options, placement)
         self.weight_generator = self._checked_module(self.make_weight_generator(), "generator_factory").to(**placement)
-        self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=reference.device), persistent=False)
+        self.register_buffer("_embedding_index", torch.arange(self.num_embeddings, device=placement.get("device")), persistent=False)
         del self._factories  # may hold lambdas; not needed after construction
         self._probe()
         # Everything that can fail on user input has run: now the model (or its copy) changes.
         target = model if options.inplace else copy_without(model, chosen)
         self._stateful_owners = remove_parameters(target, [n for s in chosen for n in s.names])
         self.target_network = target
+
+    def _plan(self, model: nn.Module, options: HypernetizeOptions) -> Tuple[List[ParamSpec], Layout]:
+        """The tensors to generate and their layout (a hook for subclasses)."""
+        chosen = select(param_specs(model), targets=options.targets, exclude=options.exclude,
+                        model_name=type(model).__name__).chosen  # fmt: skip
+        layout = plan_layout(chosen, kind=options.layout, num_embeddings=options.num_embeddings,
+                             chunk_dim=options.chunk_dim)  # fmt: skip
+        return list(chosen), layout
+
+    @property
+    def _target(self) -> nn.Module:
+        # Read through ``_modules``: subclasses (the hyper-nn API) give ``target_network`` its old meaning.
+        return self._modules["target_network"]
 
     def _check_forward_arguments(self, model: nn.Module, options: HypernetizeOptions) -> None:
         check_reserved(model.forward, f"{type(model).__name__}.forward")
@@ -245,12 +259,25 @@ class HypernetizedModule(nn.Module):
         """Run the target network with ``generated_params`` in place of the selected tensors."""
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
-        tensors = self.unflatten(generated_params)
+        return self._run_with_tensors(self.unflatten(generated_params), args, kwargs)
+
+    def _run_with_tensors(self, tensors: Mapping[str, torch.Tensor], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """Run the target with ``tensors`` (by name) in its selected parameter slots."""
+        if not self._stateful_owners and not torch.compiler.is_compiling():
+            with self._parameter_slots().filled(self._target, tensors):
+                return self._target(*args, **kwargs)
         try:
-            return functional_call(self.target_network, tensors, args, kwargs, tie_weights=False, strict=False)
+            return functional_call(self._target, tensors, args, kwargs, tie_weights=False, strict=False)
         finally:
             if self._stateful_owners:
-                refresh_derived_state(self.target_network, self._stateful_owners)
+                refresh_derived_state(self._target, self._stateful_owners)
+
+    def _parameter_slots(self) -> ParameterSlots:
+        """Where the generated tensors go for a call (resolved once per target object)."""
+        slots = self.__dict__.get("_slots")
+        if slots is None:
+            slots = self.__dict__["_slots"] = ParameterSlots()
+        return slots
 
     def forward(
         self,
@@ -266,9 +293,50 @@ class HypernetizedModule(nn.Module):
         Returns the model's output, or ``(output, generated_params, aux)`` with
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
+        if generated_params is None and not generate_params_kwargs and self._reuses_generated_weights():
+            generated_params, aux, tensors = self._generated_cache().get(*self._generating_tensors(), self._generate_all)
+            if type(self).target_forward is HypernetizedModule.target_forward:
+                output = self._run_with_tensors(tensors, args, kwargs)  # the cut tensors are reused too
+            else:
+                output = self.target_forward(*args, generated_params=generated_params, assert_parameter_shapes=False,
+                                             **kwargs)  # fmt: skip
+            return (output, generated_params, aux) if has_aux else output
         return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
                                  assert_parameter_shapes=assert_parameter_shapes,
                                  generate_params_kwargs=generate_params_kwargs)  # fmt: skip
+
+    # ------------------------------------------------------------ reusing generated weights
+
+    #: reuse generated weights in eval mode without autograd (see :mod:`.reuse`)
+    reuse_generated_weights: bool = True
+
+    def _reuses_generated_weights(self) -> bool:
+        # only the library's own generate_params is known to depend on nothing but tensors
+        return (self.reuse_generated_weights and type(self).generate_params is HypernetizedModule.generate_params
+                and can_reuse(self))  # fmt: skip
+
+    def _generating_tensors(self) -> Tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]:
+        """``(parameters, buffers)`` generation may read: all but the target's."""
+        modules = [module for name, module in self._modules.items() if name != "target_network" and module is not None]
+        parameters = itertools.chain((p for p in self._parameters.values() if p is not None),
+                                     *(m.parameters() for m in modules))  # fmt: skip
+        buffers = itertools.chain((b for b in self._buffers.values() if b is not None), *(m.buffers() for m in modules))
+        return parameters, buffers
+
+    def _generate_all(self) -> Tuple[torch.Tensor, Dict[str, Any], Dict[str, torch.Tensor]]:
+        """``(flat, aux, tensors by name)``: what a reused call needs."""
+        flat, aux = self.generate_params()
+        return flat, aux, self.unflatten(flat)
+
+    def _generated_cache(self) -> GeneratedWeightsCache:
+        cache = self.__dict__.get("_generated_weights_cache")
+        if cache is None:
+            cache = self.__dict__["_generated_weights_cache"] = GeneratedWeightsCache()
+        return cache
+
+    def clear_generated_cache(self) -> None:
+        """Forget reused generated weights (needed only after edits through ``param.data``)."""
+        self._generated_cache().clear()
 
     # ------------------------------------------------------------ the inverse
 
@@ -278,7 +346,7 @@ class HypernetizedModule(nn.Module):
         The inverse of hypernetization (like PEFT's ``merge_and_unload``): the result is an
         instance of the original model class, independent of this hypernetwork.
         """
-        model = copy_without(self.target_network, [])
+        model = copy_without(self._target, [])
         generated = self.generated_state_dict(**generate_params_kwargs)
         for slot in self.layout.slots:
             parameter = nn.Parameter(generated[slot.name].clone())
