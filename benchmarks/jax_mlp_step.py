@@ -31,6 +31,10 @@ How the NNX step is run (``--nnx``):
   graph=False)`` (flax >= 0.12; pre-flattened arguments, less per-call overhead).
 * ``all``: time all three, one row each.
 
+Memory: ``temp + argument + output`` bytes from XLA's memory analysis of each compiled
+pure step (hand-written, linen, NNX ``pure``; arguments include the parameters, Adam state
+and the batch).
+
 XLA on CPU is pinned to one thread (unless ``XLA_FLAGS`` is already set), so process
 CPU time (the default clock) measures work done, not preemption by other processes.
 
@@ -420,6 +424,13 @@ def diff_counts(a: Dict[str, int], b: Dict[str, int]) -> Dict[str, Tuple[int, in
     return {k: (a.get(k, 0), b.get(k, 0)) for k in sorted(set(a) | set(b)) if a.get(k, 0) != b.get(k, 0)}
 
 
+def compiled_memory(jitted: Any, *args: Any) -> int:
+    """XLA's memory analysis of the compiled step: temp + argument + output bytes (arguments
+    include the parameters, Adam state and the batch)."""
+    analysis = jitted.lower(*args).compile().memory_analysis()
+    return analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+
+
 # ---------------------------------------------------------------- one configuration
 
 
@@ -487,6 +498,13 @@ def benchmark_config(
             "nnx_pure": inspect_step(nnx_step, nnx_params, tx.init(nnx_params), *batches[0]),
         }
 
+    memory = {"hand": compiled_memory(hand_step, hand_params, tx.init(hand_params), *batches[0]),
+              "linen": compiled_memory(linen_step, linen_params, tx.init(linen_params), *batches[0])}  # fmt: skip
+    if "pure" in nnx_styles:
+        nnx_forward, nnx_params = nnx_pure_forward(fresh_nnx())
+        memory["nnx_pure"] = compiled_memory(make_pure_step(nnx_forward, tx)[0], nnx_params, tx.init(nnx_params),
+                                             *batches[0])  # fmt: skip
+
     runners: Dict[str, Runner] = {"hand": hand["runner"]()[0], "linen": linen["runner"]()[0]}
     for style in nnx_styles:
         runners[f"nnx_{style}"] = nnx_runner(style, fresh_nnx())[0]
@@ -521,6 +539,7 @@ def benchmark_config(
         "ms_per_step": times,
         "median_ms_per_step": med,
         "rows": results,
+        "xla_memory_bytes": memory,
         "target_ratio": TARGET_RATIO,
         "inspect": inspected,
     }
@@ -537,8 +556,11 @@ def report(result: Dict) -> str:
     for name, check in result["equivalence"].items():
         lines.append(f"  equivalence {name}: loss {check['loss']:.6f} equal to hand-written, "
                      f"max |grad diff| {check['max_abs_grad_diff']:.2e}, params equal after 3 Adam steps")  # fmt: skip
+    memory = {name: f"{nbytes / 2**20:.2f} MiB" for name, nbytes in result["xla_memory_bytes"].items()}
     lines.append(f"  hand-written {med['hand']:8.3f} ms/step ({result['clock']} time, median of {result['rounds']} "
                  f"rounds x {result['steps_per_round']} steps)")  # fmt: skip
+    lines.append("  XLA step memory (temp + argument + output, memory_analysis): "
+                 + ", ".join(f"{name} {value}" for name, value in memory.items()))
     for name, row in result["rows"].items():
         ratios = sorted(row["per_round_ratios"])
         lines.append(

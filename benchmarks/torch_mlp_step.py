@@ -19,7 +19,7 @@ Usage::
 
     python benchmarks/torch_mlp_step.py                    # two configs, ~1 min at most
     python benchmarks/torch_mlp_step.py --embedding-dim 32 --num-embeddings 64 --rounds 25
-    python benchmarks/torch_mlp_step.py --json /tmp/bench.json
+    python benchmarks/torch_mlp_step.py --json /tmp/bench.json --rss
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import gc
-import itertools
-import math
+import json
 import platform
 import statistics
 import sys
@@ -42,12 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hypernn import hypernetize
-from common import CLOCKS, check_round_args, write_json
+from common import CLOCKS, check_round_args, rss_growth, rss_in_subprocesses, write_json
+from twins import CUTS, SIZES, HandWrittenHypernet, build_mlp
 
-TARGET_RATIO = 1.10
-SIZES = (784, 256, 256, 10)
+TARGET_RATIO = 1.05  # issue 7
 BATCH = 128
-CUTS = {"split": "one torch.split", "slice": "flat[a:b] slices"}  # how the baseline cuts the vector
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -55,67 +53,10 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 # ---------------------------------------------------------------- the two models
 
 
-def build_mlp(sizes: Sequence[int] = SIZES) -> nn.Sequential:
-    """The target model: ``Linear, ReLU, Linear, ReLU, Linear`` over ``sizes``."""
-    layers: List[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        if i:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(fan_in, fan_out))
-    return nn.Sequential(*layers)
-
-
 def build_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0) -> nn.Module:
     """``hypernetize`` the MLP: every parameter generated, default global layout."""
     torch.manual_seed(seed)
     return hypernetize(build_mlp(), embedding_dim=embedding_dim, num_embeddings=num_embeddings)
-
-
-class HandWrittenHypernet(nn.Module):
-    """The same hypernetwork written by hand: embed, generate, cut, ``F.linear``.
-
-    The layer offsets in the flat vector are computed here from ``sizes`` (weight then
-    bias per layer, end to end: hyper-nn's global layout), not read from hypernn.
-
-    ``cut="split"`` (default) cuts the flat vector with one ``torch.split`` at fixed
-    sizes; ``cut="slice"`` indexes ``flat[a:b]`` per tensor. Both are plain hand-written
-    code, but slicing is much slower to train: each slice's backward materialises a
-    zero-filled gradient of the whole flat vector (6 here), and autograd sums them.
-    """
-
-    def __init__(self, embedding_dim: int, num_embeddings: int, sizes: Sequence[int] = SIZES, cut: str = "split"):
-        super().__init__()
-        if cut not in CUTS:
-            raise ValueError(f"cut must be one of {tuple(CUTS)}; got {cut!r}")
-        total = sum(o * i + o for i, o in zip(sizes[:-1], sizes[1:]))
-        chunk_dim = math.ceil(total / num_embeddings)
-        self.cut = cut
-        self.embedding = nn.Embedding(num_embeddings, embedding_dim)
-        self.generator = nn.Linear(embedding_dim, chunk_dim)
-        self.register_buffer("index", torch.arange(num_embeddings), persistent=False)
-        self.shapes: Tuple[Tuple[int, ...], ...] = tuple(
-            shape for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for shape in ((fan_out, fan_in), (fan_out,))
-        )
-        self.offsets = tuple(itertools.accumulate((math.prod(s) for s in self.shapes), initial=0))
-        padding = num_embeddings * chunk_dim - total
-        self.split_sizes = tuple(math.prod(s) for s in self.shapes) + ((padding,) if padding else ())
-
-    def generated_tensors(self, flat: torch.Tensor) -> List[torch.Tensor]:
-        """Cut ``flat`` into ``[w1, b1, w2, b2, w3, b3]`` at the fixed offsets."""
-        if self.cut == "split":
-            pieces = torch.split(flat, self.split_sizes)
-            return [piece.view(shape) for piece, shape in zip(pieces, self.shapes)]
-        return [flat[a:b].view(shape) for a, b, shape in zip(self.offsets, self.offsets[1:], self.shapes)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = self.generator(self.embedding(self.index)).reshape(-1)
-        tensors = self.generated_tensors(flat)
-        layers = len(tensors) // 2
-        for i in range(layers):
-            x = F.linear(x, tensors[2 * i], tensors[2 * i + 1])
-            if i != layers - 1:
-                x = F.relu(x)
-        return x
 
 
 def copy_initial_values(hnet: nn.Module, hand: HandWrittenHypernet) -> None:
@@ -266,6 +207,16 @@ def benchmark_config(
     }
 
 
+def rss_worker(impl: str, embedding_dim: int, num_embeddings: int, baseline: str) -> Dict:
+    """In a fresh process: build one implementation, then its peak-RSS growth over its first
+    3 training steps (Adam's state included: the same three tensors in both)."""
+    model = build_hypernet(embedding_dim, num_embeddings) if impl == "hypernn" else HandWrittenHypernet(
+        embedding_dim, num_embeddings, cut=baseline)
+    batches, optimizer = make_batches(3), make_optimizer(model)
+    steps = iter(batches)
+    return rss_growth(lambda: train_step(model, optimizer, next(steps)))
+
+
 def report(result: Dict) -> str:
     """Human-readable lines for one config's result."""
     med = result["median_ms_per_step"]
@@ -281,7 +232,13 @@ def report(result: Dict) -> str:
         f"  ratio hypernn/hand-written: {result['ratio']:.3f}x (median of per-round ratios; "
         f"range {ratios[0]:.3f}-{ratios[-1]:.3f}; ratio of medians {result['ratio_of_medians']:.3f}x)",
         f"  target <= {result['target_ratio']:.2f}x: {'MET' if result['target_met'] else 'NOT MET'}",
-    ])
+    ] + (["  peak RSS growth over the first 3 steps (fresh process each): "
+          + ", ".join(f"{name} {_mib(value)}" for name, value in result["rss_delta_bytes"].items())]
+         if "rss_delta_bytes" in result else []))
+
+
+def _mib(value) -> str:
+    return f"{value / 2**20:.2f} MiB" if isinstance(value, (int, float)) else str(value)
 
 
 # ---------------------------------------------------------------- main
@@ -291,7 +248,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options; ``--embedding-dim``/``--num-embeddings`` pair up into configs."""
     parser = argparse.ArgumentParser(
         description="Time a training step of a hypernetized 784-256-256-10 MLP (batch 128) against a "
-        "hand-written implementation of the same math; report the speed ratio (target <= 1.10x).",
+        "hand-written implementation of the same math; report the speed ratio (target <= 1.05x).",
     )
     parser.add_argument("--embedding-dim", type=int, nargs="+", default=[32, 64], metavar="D",
                         help="embedding width(s); paired with --num-embeddings (default: 32 64)")
@@ -306,6 +263,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                         help="cpu: process CPU time (default; ignores time preempted by other processes); wall: elapsed")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--rss", action="store_true",
+                        help="also measure each implementation's peak-RSS growth over its first 3 steps, each in a "
+                        "fresh subprocess (Linux)")
+    parser.add_argument("--rss-worker", choices=("hypernn", "hand"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if len(args.embedding_dim) != len(args.num_embeddings):
         parser.error("--embedding-dim and --num-embeddings need the same number of values (they pair up)")
@@ -317,11 +278,17 @@ def main(argv=None) -> int:
     """Run every config, print the report, optionally write JSON; exit 0 (timing is informational)."""
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.rss_worker:
+        print(json.dumps(rss_worker(args.rss_worker, args.embedding_dim[0], args.num_embeddings[0], args.baseline)))
+        return 0
     print(f"torch {torch.__version__}, {platform.machine()}, threads={torch.get_num_threads()}, "
           f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, Adam")  # fmt: skip
     results = []
     for embedding_dim, num_embeddings in zip(args.embedding_dim, args.num_embeddings):
         result = benchmark_config(embedding_dim, num_embeddings, args.rounds, args.steps, args.warmup, args.baseline, args.clock)
+        if args.rss:
+            result["rss_delta_bytes"] = rss_in_subprocesses(__file__, ("hypernn", "hand"), [
+                "--embedding-dim", str(embedding_dim), "--num-embeddings", str(num_embeddings), "--baseline", args.baseline])
         print(report(result), flush=True)
         results.append(result)
     if args.json:

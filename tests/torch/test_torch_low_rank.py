@@ -308,3 +308,15 @@ def test_compile_fullgraph_matches_eager():
     x = torch.randn(3, 2, 4, 4)
     compiled = torch.compile(hnet, fullgraph=True, backend="eager")
     assert_close(compiled(x), hnet(x))
+
+
+def test_eval_reuse_keeps_merged_weights_until_w0_or_the_generator_changes():
+    hnet = hypernetize(ConvNet(), embedding_dim=4, num_embeddings=9, low_rank=2, warm_start=False).eval()
+    x = torch.randn(3, 2, 4, 4)
+    with torch.no_grad():
+        first = hnet(x)
+        assert_close(hnet(x), first, rtol=0, atol=0)
+        hnet.target_network.conv.weight.add_(1.0)  # W0 of the merged convolution
+        moved = hnet(x)
+        assert not torch.allclose(moved, first)
+    assert_close(moved, hnet.train()(x).detach())  # a fresh generation agrees

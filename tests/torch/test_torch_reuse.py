@@ -186,3 +186,15 @@ def test_slot_swap_matches_functional_call_in_outputs_and_gradients():
     g_reference = torch.autograd.grad(reference.sum(), list(hnet.parameters()))
     for a, b in zip(g_direct, g_reference):
         assert_close(a, b)
+
+
+def test_reused_calls_also_reuse_the_cut_tensors():
+    hnet = make().eval()
+    cuts = []
+    original = hnet.unflatten
+    hnet.unflatten = lambda flat: cuts.append(1) or original(flat)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        outs = [hnet(x) for _ in range(3)]
+    assert len(cuts) == 1
+    assert_close(outs[-1], by_hand(hnet, x))

@@ -357,7 +357,10 @@ class HypernetizedModule(nn.Module):
         """Run the target network with ``generated_params`` in place of the selected tensors."""
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
-        tensors = self.target_tensors(generated_params)
+        return self._run_with_tensors(self.target_tensors(generated_params), args, kwargs)
+
+    def _run_with_tensors(self, tensors: Mapping[str, torch.Tensor], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """Run the target with ``tensors`` (by name) in its selected parameter slots."""
         if not self._stateful_owners and not torch.compiler.is_compiling():
             with self._parameter_slots().filled(self._target, tensors):
                 return self._target(*args, **kwargs)
@@ -389,8 +392,12 @@ class HypernetizedModule(nn.Module):
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
         if generated_params is None and not generate_params_kwargs and self._reuses_generated_weights():
-            generated_params, aux = self._generated_cache().get(*self._generating_tensors(), self.generate_params)
-            output = self.target_forward(*args, generated_params=generated_params, assert_parameter_shapes=False, **kwargs)
+            generated_params, aux, tensors = self._generated_cache().get(*self._generating_tensors(), self._generate_all)
+            if type(self).target_forward is HypernetizedModule.target_forward:
+                output = self._run_with_tensors(tensors, args, kwargs)  # the cut tensors are reused too
+            else:
+                output = self.target_forward(*args, generated_params=generated_params, assert_parameter_shapes=False,
+                                             **kwargs)  # fmt: skip
             return (output, generated_params, aux) if has_aux else output
         return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
                                  assert_parameter_shapes=assert_parameter_shapes,
@@ -407,12 +414,19 @@ class HypernetizedModule(nn.Module):
                 and can_reuse(self))  # fmt: skip
 
     def _generating_tensors(self) -> Tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]:
-        """``(parameters, buffers)`` generation may read: all but the target's."""
+        """``(parameters, buffers)`` generation may read: all but the target's (except the
+        frozen low-rank ``W0``, which merged weights read)."""
         modules = [module for name, module in self._modules.items() if name != "target_network" and module is not None]
+        bases = (self._target.get_parameter(item.weight.name) for item in self._adapted)
         parameters = itertools.chain((p for p in self._parameters.values() if p is not None),
-                                     *(m.parameters() for m in modules))  # fmt: skip
+                                     *(m.parameters() for m in modules), bases)  # fmt: skip
         buffers = itertools.chain((b for b in self._buffers.values() if b is not None), *(m.buffers() for m in modules))
         return parameters, buffers
+
+    def _generate_all(self) -> Tuple[torch.Tensor, Dict[str, Any], Dict[str, torch.Tensor]]:
+        """``(flat, aux, tensors by name)``: what a reused call needs (low-rank weights composed)."""
+        flat, aux = self.generate_params()
+        return flat, aux, self.target_tensors(flat)
 
     def _generated_cache(self) -> GeneratedWeightsCache:
         cache = self.__dict__.get("_generated_weights_cache")
