@@ -25,6 +25,7 @@ __all__ = [
     "call_arguments",
     "call_hypernetwork",
     "check_condition_keyword",
+    "check_conditioning_kwargs",
     "check_reserved",
     "reject_generate_kwargs",
     "route_condition",
@@ -114,3 +115,20 @@ def route_condition(
     else:
         generate_kwargs["condition"] = condition
     return generate_kwargs
+
+
+def check_conditioning_kwargs(accepted: Any, module_name: str, kwargs: Mapping[str, Any]) -> None:
+    """A dynamic hypernetwork's ``generate_params_kwargs`` beyond ``condition`` go to its
+    conditioning module (``module_name``), which takes the names in ``accepted``.
+
+        >>> check_conditioning_kwargs({"hidden_state"}, "Recurrent", {"hidden": 1})
+        Traceback (most recent call last):
+        ...
+        hypernn.errors.OptionTypeError: `generate_params_kwargs` ['hidden'] are not taken by Recurrent; it takes condition, hidden_state.
+    """
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise OptionTypeError(
+            f"`generate_params_kwargs` {unknown} are not taken by {module_name}; "
+            f"it takes condition{''.join(', ' + a for a in sorted(accepted))}."
+        )

@@ -19,8 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ...calling import call_arguments, call_hypernetwork, check_condition_keyword, route_condition
-from ...errors import ConditionError, OptionTypeError, UnsupportedModelError
+from ...calling import call_arguments, call_hypernetwork, check_condition_keyword, check_conditioning_kwargs, route_condition
+from ...errors import ConditionError, UnsupportedModelError
 from ..jaxconditions import check_condition
 from ..jaxconv import patches_conv
 from ..jaxpersample import drop_sample_batch_axis, map_samples, split_keys, with_sample_axis
@@ -127,12 +127,7 @@ class LinenDynamicHypernetwork(LinenHypernetwork):
         ``(B, generated_size)`` for a batch; ``aux`` holds the conditioned ``"embedding"`` and
         whatever the conditioning module adds (e.g. ``"hidden_state"``)."""
         accepted = set(call_arguments(type(self.condition_module).__call__)) - {"self", "embedding", "condition"}
-        unknown = sorted(set(kwargs) - accepted)
-        if unknown:
-            raise OptionTypeError(
-                f"`generate_params_kwargs` {unknown} are not taken by {type(self.condition_module).__name__}; "
-                f"it takes condition{''.join(', ' + a for a in sorted(accepted))}."
-            )
+        check_conditioning_kwargs(accepted, type(self.condition_module).__name__, kwargs)
         vectors = check_condition(condition, condition_dim=self.condition_dim, num_conditions=self.num_conditions)
         if self.num_conditions is not None:
             vectors = self.condition_embedding(vectors)

@@ -20,8 +20,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from ...calling import call_arguments, call_hypernetwork, check_condition_keyword, check_reserved, route_condition
-from ...errors import ConditionError, ConfigurationError, OptionTypeError, UnsupportedModelError
+from ...calling import (
+    call_arguments,
+    call_hypernetwork,
+    check_condition_keyword,
+    check_conditioning_kwargs,
+    check_reserved,
+    route_condition,
+)
+from ...errors import ConditionError, ConfigurationError, UnsupportedModelError
 from ...options import HypernetizeOptions
 from ..jaxconditions import check_condition
 from ..jaxconv import patches_conv
@@ -107,12 +114,7 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
         ``(B, generated_size)`` for a batch; ``aux`` holds the conditioned ``"embedding"`` and
         whatever the conditioning module adds (e.g. ``"hidden_state"``)."""
         accepted = set(call_arguments(self.condition_module.__call__)) - {"embedding", "condition"}
-        unknown = sorted(set(kwargs) - accepted)
-        if unknown:
-            raise OptionTypeError(
-                f"`generate_params_kwargs` {unknown} are not taken by {type(self.condition_module).__name__}; "
-                f"it takes condition{''.join(', ' + a for a in sorted(accepted))}."
-            )
+        check_conditioning_kwargs(accepted, type(self.condition_module).__name__, kwargs)
         vectors = check_condition(condition, condition_dim=self.condition_dim, num_conditions=self.num_conditions)
         if self.num_conditions is not None:
             vectors = self.condition_embedding(vectors)

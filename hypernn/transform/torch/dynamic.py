@@ -23,11 +23,10 @@ from ...errors import (
     ConditionTypeError,
     ConfigurationError,
     GeneratedParamsError,
-    OptionTypeError,
 )
 from ...options import HypernetizeOptions
 from . import conditioning
-from ...calling import call_arguments, check_condition_keyword, check_reserved, route_condition
+from ...calling import call_arguments, check_condition_keyword, check_conditioning_kwargs, check_reserved, route_condition
 from ...diagnostics import HypernetworkSummary
 from .module import HypernetizedModule
 from .per_sample import PerSampleRunner
@@ -140,13 +139,7 @@ class DynamicHypernetizedModule(HypernetizedModule):
         """Generate ``(flat, aux)``: ``flat`` is ``(generated_size,)`` for one condition or
         ``(B, generated_size)`` for a batch; ``aux`` holds the conditioned ``"embedding"`` and
         whatever the conditioning module adds (e.g. ``"hidden_state"``)."""
-        accepted = self._condition_arguments()
-        unknown = sorted(set(kwargs) - accepted)
-        if unknown:
-            raise OptionTypeError(
-                f"`generate_params_kwargs` {unknown} are not taken by {type(self.condition_module).__name__}; "
-                f"it takes condition{''.join(', ' + a for a in sorted(accepted))}."
-            )
+        check_conditioning_kwargs(self._condition_arguments(), type(self.condition_module).__name__, kwargs)
         vectors = self._condition_vectors(condition)
         embedding, aux = self.condition_module(self.embedding_module(self._embedding_index), vectors, **kwargs)
         chunks = self.weight_generator(embedding)
