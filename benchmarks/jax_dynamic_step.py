@@ -313,7 +313,7 @@ def make_hand_forward(workload: Workload, layout: HandLayout, conv: str = "group
 def build_linen(workload: Workload, seed: int = 0) -> Tuple[nn.Module, Params]:
     """The linen dynamic hypernetwork and its params, FiLM given small random values."""
     hnet = hypernetize(LinenTarget(workload.layers), embedding_dim=workload.embedding_dim,
-                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim)  # fmt: skip
+                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim, init="default")  # fmt: skip
     x = jnp.zeros((2, *workload.input_shape))
     c = jnp.zeros((2, workload.condition_dim))
     variables = hnet.init(jax.random.key(seed), x, condition=c)
@@ -331,7 +331,7 @@ def build_nnx(workload: Workload, params: Params, seed: int = 0) -> nnx.Module:
     """The NNX dynamic hypernetwork, loaded with ``params`` (the linen hypernetwork's values)."""
     hnet = hypernetize(build_nnx_target(workload, seed), embedding_dim=workload.embedding_dim,
                        num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim,
-                       rngs=nnx.Rngs(seed + 1))  # fmt: skip
+                       rngs=nnx.Rngs(seed + 1), init="default")  # fmt: skip
     state = nnx.state(hnet, nnx.Param)
     assert jax.tree.map(jnp.shape, nnx.to_pure_dict(state)) == jax.tree.map(jnp.shape, params), "NNX params differ"
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.array, params))

@@ -127,7 +127,7 @@ def sample_input() -> jax.Array:
 def build_linen_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0) -> Tuple[nn.Module, Params]:
     """``hypernetize`` the linen MLP (every parameter generated); ``(hnet, params)``."""
     hnet = hypernetize(LinenMLP(), embedding_dim=embedding_dim, num_embeddings=num_embeddings,
-                       example_inputs=(sample_input(),))  # fmt: skip
+                       example_inputs=(sample_input(),), init="default")  # fmt: skip
     variables = hnet.init(jax.random.key(seed), sample_input())
     assert set(variables) == {"params"} and set(variables["params"]) == {"embedding_module", "weight_generator"}
     return hnet, variables["params"]
@@ -136,7 +136,7 @@ def build_linen_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0)
 def build_nnx_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0) -> nnx.Module:
     """``hypernetize`` the NNX MLP (every parameter generated)."""
     return hypernetize(build_nnx_mlp(seed=seed), embedding_dim=embedding_dim, num_embeddings=num_embeddings,
-                       rngs=nnx.Rngs(seed + 1))  # fmt: skip
+                       rngs=nnx.Rngs(seed + 1), init="default")  # fmt: skip
 
 
 class HandLayout:

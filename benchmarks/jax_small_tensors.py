@@ -91,7 +91,7 @@ def make_hand_forward(num_embeddings: int) -> Callable[[Params, jax.Array], jax.
 def build(embedding_dim: int, num_embeddings: int, seed: int = 0):
     """``(linen forward, linen params, hand forward, hand params)``, the same values."""
     x = jnp.zeros((1, WIDTH))
-    hnet = hypernetize(DeepMLP(), embedding_dim=embedding_dim, num_embeddings=num_embeddings, example_inputs=(x,))
+    hnet = hypernetize(DeepMLP(), embedding_dim=embedding_dim, num_embeddings=num_embeddings, example_inputs=(x,), init="default")
     params = hnet.init(jax.random.key(seed), x)["params"]
     shapes, order, _ = hand_layout(num_embeddings)
     names = [f"Dense_{i}.{kind}" for i in order for kind in ("bias", "kernel")]

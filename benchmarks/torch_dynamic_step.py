@@ -174,7 +174,7 @@ def build_hypernet(workload: Workload, seed: int = 0) -> nn.Module:
     """``hypernetize`` the model dynamically; FiLM given small random values (see module doc)."""
     torch.manual_seed(seed)
     hnet = hypernetize(build_model(workload), embedding_dim=workload.embedding_dim,
-                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim)  # fmt: skip
+                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim, init="default")  # fmt: skip
     with torch.no_grad():
         film = hnet.condition_module.to_scale_shift
         film.weight.normal_(0.0, 0.1)

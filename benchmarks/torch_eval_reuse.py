@@ -60,11 +60,11 @@ def build(model: str, embedding_dim: int, num_embeddings: int, seed: int = 0):
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(1)
     if model == "mlp":
-        hnet = hypernetize(build_mlp(SIZES), embedding_dim=embedding_dim, num_embeddings=num_embeddings)
+        hnet = hypernetize(build_mlp(SIZES), embedding_dim=embedding_dim, num_embeddings=num_embeddings, init="default")
         x = torch.randn(128, SIZES[0], generator=generator)
     elif model == "deep":
         hnet = hypernetize(build_mlp((64,) * 49, final_relu=True), embedding_dim=embedding_dim,
-                           num_embeddings=num_embeddings)  # fmt: skip
+                           num_embeddings=num_embeddings, init="default")  # fmt: skip
         with torch.no_grad():  # He-sized generated weights, as in torch_small_tensors.py
             factor = math.sqrt(2 / 64) / float(hnet.generate_params()[0].std())
             hnet.weight_generator.weight.mul_(factor)
@@ -73,7 +73,7 @@ def build(model: str, embedding_dim: int, num_embeddings: int, seed: int = 0):
     else:
         from torch_transformer_step import TARGETS, build_model
 
-        hnet = hypernetize(build_model(), embedding_dim=embedding_dim, num_embeddings=num_embeddings, targets=TARGETS)
+        hnet = hypernetize(build_model(), embedding_dim=embedding_dim, num_embeddings=num_embeddings, targets=TARGETS, init="default")
         x = torch.randn(32, 16, 64, generator=generator)
     plain = hnet.materialize()
     hnet.eval()

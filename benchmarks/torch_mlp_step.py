@@ -56,7 +56,7 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 def build_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0) -> nn.Module:
     """``hypernetize`` the MLP: every parameter generated, default global layout."""
     torch.manual_seed(seed)
-    return hypernetize(build_mlp(), embedding_dim=embedding_dim, num_embeddings=num_embeddings)
+    return hypernetize(build_mlp(), embedding_dim=embedding_dim, num_embeddings=num_embeddings, init="default")
 
 
 def copy_initial_values(hnet: nn.Module, hand: HandWrittenHypernet) -> None:

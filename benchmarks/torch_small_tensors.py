@@ -69,7 +69,7 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 def build_all(embedding_dim: int, num_embeddings: int, seed: int = 0) -> Dict[str, nn.Module]:
     """The hypernetwork (generator scaled to He-sized weights) and both twins with its values."""
     torch.manual_seed(seed)
-    hnet = hypernetize(build_mlp(SIZES, final_relu=True), embedding_dim=embedding_dim, num_embeddings=num_embeddings)
+    hnet = hypernetize(build_mlp(SIZES, final_relu=True), embedding_dim=embedding_dim, num_embeddings=num_embeddings, init="default")
     with torch.no_grad():
         flat, _ = hnet.generate_params()
         factor = math.sqrt(2 / WIDTH) / float(flat.std())

@@ -126,7 +126,7 @@ def build_all(embedding_dim: int, num_embeddings: int, seed: int = 0) -> Dict[st
     """The hypernetwork and both twins, all with the hypernetwork's initial values."""
     torch.manual_seed(seed)
     model = build_model()
-    hnet = hypernetize(model, embedding_dim=embedding_dim, num_embeddings=num_embeddings, targets=TARGETS)
+    hnet = hypernetize(model, embedding_dim=embedding_dim, num_embeddings=num_embeddings, targets=TARGETS, init="default")
     functional = FunctionalTransformer(model, embedding_dim, num_embeddings)
     same = SameModelTwin(build_model(), embedding_dim, num_embeddings, names=generated_names(model))
     offsets = [0]
