@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from .errors import ConditionError, OptionTypeError
+from .errors import ConditionError, OptionTypeError, UnsupportedModelError
 from .transform.backends import backend_for
 
 __all__ = ["check_dynamic", "check_no_variables", "check_static", "materialize", "summary"]
@@ -94,3 +94,32 @@ def check_no_variables(hnet: Any, variables: Any, framework: str) -> None:
             f"`variables` is only for flax linen hypernetworks; a {framework} hypernetwork ({type(hnet).__name__}) "
             f"holds its own parameters: call `materialize(hnet)`."
         )
+
+
+def dispatch_method(
+    hypernetwork: Any,
+    method: str,
+    *,
+    static_type: type,
+    dynamic_type: type,
+    framework: str,
+    given: Any,
+    variables: Any,
+    condition: Any,
+    generate_params_kwargs: Mapping[str, Any],
+) -> Any:
+    """``hypernetwork.materialize(...)`` or ``.summary(...)`` for the torch and NNX backends,
+    after the checks they share: a hypernetwork (``given`` is what the user passed), no
+    variable tree, a condition exactly when dynamic (``summary`` of a dynamic one may omit it)."""
+    if not isinstance(hypernetwork, static_type):
+        plain = ", a plain model (there is nothing to materialize)" if method == "materialize" else ""
+        raise UnsupportedModelError(
+            f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(given).__name__}{plain}."
+        )
+    check_no_variables(hypernetwork, variables, framework)
+    if isinstance(hypernetwork, dynamic_type):
+        if method == "materialize":
+            check_dynamic(hypernetwork, condition)
+        return getattr(hypernetwork, method)(condition=condition, **generate_params_kwargs)
+    check_static(hypernetwork, condition)
+    return getattr(hypernetwork, method)(**generate_params_kwargs)

@@ -12,8 +12,7 @@ from typing import Any, List
 
 from flax import nnx
 
-from ...errors import UnsupportedModelError
-from ...export import check_dynamic, check_no_variables, check_static
+from ...export import dispatch_method
 from ...options import INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
@@ -38,28 +37,16 @@ def hypernetize(model: nnx.Module, *, options: HypernetizeOptions) -> Hypernetiz
 
 def materialize(hnet: nnx.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> nnx.Module:
     """See :func:`hypernn.materialize`: a plain NNX module of the original class."""
-    if not isinstance(hnet, HypernetizedNNX):
-        raise UnsupportedModelError(
-            f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}, a plain model "
-            f"(there is nothing to materialize)."
-        )
-    check_no_variables(hnet, variables, "flax NNX")
-    if isinstance(hnet, DynamicHypernetizedNNX):
-        check_dynamic(hnet, condition)
-        return hnet.materialize(condition=condition, **generate_params_kwargs)
-    check_static(hnet, condition)
-    return hnet.materialize(**generate_params_kwargs)
+    return dispatch_method(hnet, "materialize", static_type=HypernetizedNNX, dynamic_type=DynamicHypernetizedNNX,
+                           framework="flax NNX", given=hnet, variables=variables, condition=condition,
+                           generate_params_kwargs=generate_params_kwargs)  # fmt: skip
 
 
 def summary(hnet: nnx.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> Any:
     """See :func:`hypernn.summary`: ``hnet.summary()``."""
-    if not isinstance(hnet, HypernetizedNNX):
-        raise UnsupportedModelError(f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}.")
-    check_no_variables(hnet, variables, "flax NNX")
-    if isinstance(hnet, DynamicHypernetizedNNX):
-        return hnet.summary(condition=condition, **generate_params_kwargs)
-    check_static(hnet, condition)
-    return hnet.summary(**generate_params_kwargs)
+    return dispatch_method(hnet, "summary", static_type=HypernetizedNNX, dynamic_type=DynamicHypernetizedNNX,
+                           framework="flax NNX", given=hnet, variables=variables, condition=condition,
+                           generate_params_kwargs=generate_params_kwargs)  # fmt: skip
 
 
 def param_specs(model: nnx.Module) -> List[ParamSpec]:

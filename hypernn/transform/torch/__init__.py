@@ -12,8 +12,7 @@ from typing import Any, List
 
 from torch import nn
 
-from ...errors import UnsupportedModelError
-from ...export import check_dynamic, check_no_variables, check_static
+from ...export import dispatch_method
 from ...options import INIT_OPTIONS, HypernetizeOptions
 from ...specs import ParamSpec
 from .decorate import decorate as decorate
@@ -43,30 +42,16 @@ def _unwrapped(hnet: Any) -> Any:
 
 def materialize(hnet: nn.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> nn.Module:
     """See :func:`hypernn.materialize`: a plain model of the original class."""
-    hypernetwork = _unwrapped(hnet)
-    if not isinstance(hypernetwork, HypernetizedModule):
-        raise UnsupportedModelError(
-            f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}, a plain model "
-            f"(there is nothing to materialize)."
-        )
-    check_no_variables(hypernetwork, variables, "torch")
-    if isinstance(hypernetwork, DynamicHypernetizedModule):
-        check_dynamic(hypernetwork, condition)
-        return hypernetwork.materialize(condition=condition, **generate_params_kwargs)
-    check_static(hypernetwork, condition)
-    return hypernetwork.materialize(**generate_params_kwargs)
+    return dispatch_method(_unwrapped(hnet), "materialize", static_type=HypernetizedModule,
+                           dynamic_type=DynamicHypernetizedModule, framework="torch", given=hnet, variables=variables,
+                           condition=condition, generate_params_kwargs=generate_params_kwargs)  # fmt: skip
 
 
 def summary(hnet: nn.Module, variables: Any = None, *, condition: Any = None, **generate_params_kwargs: Any) -> Any:
     """See :func:`hypernn.summary`: ``hnet.summary()``."""
-    hypernetwork = _unwrapped(hnet)
-    if not isinstance(hypernetwork, HypernetizedModule):
-        raise UnsupportedModelError(f"`hnet` must be a hypernetwork made by hypernn.hypernetize; got {type(hnet).__name__}.")
-    check_no_variables(hypernetwork, variables, "torch")
-    if isinstance(hypernetwork, DynamicHypernetizedModule):
-        return hypernetwork.summary(condition=condition, **generate_params_kwargs)
-    check_static(hypernetwork, condition)
-    return hypernetwork.summary(**generate_params_kwargs)
+    return dispatch_method(_unwrapped(hnet), "summary", static_type=HypernetizedModule,
+                           dynamic_type=DynamicHypernetizedModule, framework="torch", given=hnet, variables=variables,
+                           condition=condition, generate_params_kwargs=generate_params_kwargs)  # fmt: skip
 
 
 def param_specs(model: nn.Module) -> List[ParamSpec]:
