@@ -25,10 +25,10 @@ demo: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 # The benchmark suite: every workload in its own process, one table, benchmarks/RESULTS.md.
 # The peers (hyper-nn, hyperlight) get their own environments under .peers/ (from PyPI, once).

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import compat_dist_workers as workers
+from spawning import spawn_and_wait
 
 pytestmark = pytest.mark.distributed
 
@@ -17,7 +17,7 @@ STEPS = 3
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_plain_ddp_trains_hyper_nn_api_hypernetworks(tmp_path, dynamic):
-    mp.spawn(workers.ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path), STEPS, dynamic), nprocs=2, join=True)
+    spawn_and_wait(workers.ddp_worker, (2, str(tmp_path / "store"), str(tmp_path), STEPS, dynamic), nprocs=2)
     rank0, rank1 = [torch.load(os.path.join(tmp_path, f"rank{r}.pt")) for r in range(2)]
     hnet = workers.build(dynamic)
     optimizer = torch.optim.Adam(hnet.parameters(), lr=1e-2)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import dist_workers
+from spawning import spawn_and_wait
 
 pytestmark = pytest.mark.distributed
 
@@ -16,7 +16,7 @@ STEPS = 3
 
 
 def run(worker, tmp_path, dynamic):
-    mp.spawn(worker, args=(2, str(tmp_path / "store"), str(tmp_path), STEPS, dynamic), nprocs=2, join=True)
+    spawn_and_wait(worker, (2, str(tmp_path / "store"), str(tmp_path), STEPS, dynamic), nprocs=2)
     return [torch.load(os.path.join(tmp_path, f"rank{r}.pt")) for r in range(2)]
 
 
