@@ -98,11 +98,12 @@ def as_images(images: np.ndarray) -> jax.Array:
     return jnp.asarray(images)[..., None]  # NHWC
 
 
-def make_step(model: nn.Module, optimizer: optax.GradientTransformation) -> Callable:
-    """A jitted Adam step on cross-entropy: ``(params, state, x, y) -> (params, state, loss)``."""
+def make_step(model: nn.Module, constants: Params, optimizer: optax.GradientTransformation) -> Callable:
+    """A jitted Adam step on cross-entropy: ``(params, state, x, y) -> (params, state, loss)``.
+    ``constants``: ``init``'s other collections (the hypernetwork's start map), passed back as is."""
 
     def loss_fn(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-        logits = model.apply({"params": params}, x)
+        logits = model.apply({**constants, "params": params}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
@@ -114,13 +115,14 @@ def make_step(model: nn.Module, optimizer: optax.GradientTransformation) -> Call
     return step
 
 
-def train(model: nn.Module, params: Params, data: ImageData, config: MnistConfig, *, seed: int, desc: str,
+def train(model: nn.Module, variables: Params, data: ImageData, config: MnistConfig, *, seed: int, desc: str,
           quiet: bool) -> Tuple[Params, List[float]]:  # fmt: skip
     """Adam with cosine decay; returns the trained params and every epoch's mean loss."""
     rng = np.random.default_rng(seed)  # same batches and shifts for both models
     per_epoch = -(-len(data.x_train) // config.batch_size)
     optimizer = optax.adam(optax.cosine_decay_schedule(config.lr, config.epochs * per_epoch))
-    state, step = optimizer.init(params), make_step(model, optimizer)
+    params, constants = variables["params"], {c: v for c, v in variables.items() if c != "params"}
+    state, step = optimizer.init(params), make_step(model, constants, optimizer)
     losses = []
     with progress(None, desc=desc, quiet=quiet, total=config.epochs * per_epoch, unit="batch") as bar:
         for epoch in range(config.epochs):
@@ -132,15 +134,15 @@ def train(model: nn.Module, params: Params, data: ImageData, config: MnistConfig
                 bar.update()
             losses.append(total / len(data.x_train))
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
-    return params, losses
+    return {**constants, "params": params}, losses
 
 
-def test_error(model: nn.Module, params: Params, data: ImageData, batch_size: int = 1000) -> float:
+def test_error(model: nn.Module, variables: Params, data: ImageData, batch_size: int = 1000) -> float:
     """Fraction of misclassified test images."""
-    predict = jax.jit(lambda p, x: model.apply({"params": p}, x).argmax(-1))
+    predict = jax.jit(lambda v, x: model.apply(v, x).argmax(-1))
     wrong = 0
     for start in range(0, len(data.x_test), batch_size):
-        labels = np.asarray(predict(params, as_images(data.x_test[start : start + batch_size])))
+        labels = np.asarray(predict(variables, as_images(data.x_test[start : start + batch_size])))
         wrong += (labels != data.y_test[start : start + batch_size]).sum()
     return float(wrong) / len(data.x_test)
 
@@ -152,20 +154,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     example = as_images(data.x_train[:1])
     plain_key, hyper_key = jax.random.split(jax.random.key(args.seed))
     models = {"plain": HaCNN(), "hyper": make_hypernetwork(example)}
-    params = {"plain": models["plain"].init(plain_key, example)["params"],
-              "hyper": models["hyper"].init(hyper_key, example)["params"]}  # fmt: skip
+    # the hypernetwork's variables also hold its start map (the "hypernn" collection)
+    variables = {"plain": models["plain"].init(plain_key, example), "hyper": models["hyper"].init(hyper_key, example)}
     results: Dict[str, Any] = {"data": data.source, "config": dataclasses.asdict(config)}
     for key, model in models.items():
         start = time.perf_counter()
-        params[key], results[f"{key}_losses"] = train(model, params[key], data, config, seed=args.seed,
-                                                      desc=f"{key} conv2", quiet=args.quiet)  # fmt: skip
+        variables[key], results[f"{key}_losses"] = train(model, variables[key], data, config, seed=args.seed,
+                                                         desc=f"{key} conv2", quiet=args.quiet)  # fmt: skip
         results[f"{key}_time"] = time.perf_counter() - start
-        results[f"{key}_error"] = test_error(model, params[key], data)
-        results[f"{key}_params"] = count_values(params[key])
+        results[f"{key}_error"] = test_error(model, variables[key], data)
+        results[f"{key}_params"] = count_values(variables[key]["params"])
+    params = {key: v["params"] for key, v in variables.items()}
     results["plain_conv2"] = count_values(params["plain"]["conv2"]["kernel"])
     results["hyper_conv2"] = count_values({k: v for k, v in params["hyper"].items() if k != "target_network"})
-    results["models"], results["params"] = models, params
-    generated = models["hyper"].apply({"params": params["hyper"]}, method="generated_variables")
+    results["models"], results["params"], results["variables"] = models, params, variables
+    generated = models["hyper"].apply(variables["hyper"], method="generated_variables")
     report("mnist_jax", results, data, config, args.out, np.asarray(generated["conv2"]["kernel"]),
            np.asarray(params["plain"]["conv2"]["kernel"]))
     return results

@@ -44,7 +44,7 @@ def test_kernel_is_cut_into_one_chunk_per_output_filter(short_run):
     name, results, _, _ = short_run
     hnet = results["models"][1] if name == "mnist_torch" else results["models"]["hyper"]
     if name == "mnist_jax":
-        hnet = hnet.bind({"params": results["params"]["hyper"]})
+        hnet = hnet.bind(results["variables"]["hyper"])
     assert (hnet.num_embeddings, hnet.weight_chunk_dim, hnet.layout.unused) == (16, 784, 0)
     assert hnet.selection.names == (("conv2.weight",) if name == "mnist_torch" else ("conv2.kernel",))
 

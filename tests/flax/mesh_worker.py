@@ -159,10 +159,11 @@ def _sharding_facts(leaf: Any) -> Dict[str, Any]:
 
 def linen_problem():
     hnet = linen_hypernetwork()
-    params = hnet.init(__import__("jax").random.key(0), batches()[0][0])["params"]
+    variables = hnet.init(__import__("jax").random.key(0), batches()[0][0])
+    params, constants = variables["params"], {c: v for c, v in variables.items() if c != "params"}
 
-    def loss_fn(params, x, y):
-        return ((hnet.apply({"params": params}, x) - y) ** 2).mean()
+    def loss_fn(params, x, y):  # the start map's constants ride along, replicated
+        return ((hnet.apply({**constants, "params": params}, x) - y) ** 2).mean()
 
     return loss_fn, params
 

@@ -52,14 +52,15 @@ def linen_hnet(**options):
 def trained_linen(hnet, steps=3):
     """A few adam steps in train mode, so params and batch_stats leave their initial values."""
     variables = hnet.init(jax.random.key(0), X)
-    params, stats = variables["params"], variables["batch_stats"]
+    params, stats, start = variables["params"], variables["batch_stats"], variables["hypernn"]
     tx = optax.adam(1e-2)
     opt_state = tx.init(params)
 
     @jax.jit
     def step(params, stats, opt_state):
         def loss_fn(params):
-            out, updates = hnet.apply({"params": params, "batch_stats": stats}, X, train=True, mutable=["batch_stats"])
+            out, updates = hnet.apply({"params": params, "batch_stats": stats, "hypernn": start}, X, train=True,
+                                      mutable=["batch_stats"])
             return (out**2).mean(), updates["batch_stats"]
 
         (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -68,7 +69,7 @@ def trained_linen(hnet, steps=3):
 
     for _ in range(steps):
         params, stats, opt_state = step(params, stats, opt_state)
-    return {"params": params, "batch_stats": stats}
+    return {"params": params, "batch_stats": stats, "hypernn": start}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_linen_orbax_round_trip(linen_case, tmp_path):
     "saved_targets, loaded_targets, listed",
     [
         (None, ["Dense_0"], [r"missing from the checkpoint: 'params.target_network.BatchNorm_0.bias'.*'params.target_network.Dense_1.kernel'",
-                             r"shape mismatch: 'params.weight_generator.bias' is \(\d+,\) in the checkpoint"]),
+                             r"shape mismatch: 'hypernn.start.scale' is \(6,\) in the checkpoint, \(2,\) here.*'params.weight_generator.bias' is \(\d+,\) in the checkpoint"]),
         (["Dense_0"], None, [r"not in this hypernetwork: 'params.target_network.BatchNorm_0.bias'.*'params.target_network.Dense_1.kernel'",
                              r"'params.weight_generator.kernel' is \(4, \d+\) in the checkpoint, \(4, \d+\) here"]),
     ],

@@ -44,6 +44,9 @@ def test_linen_output_layer_sharded_everything_else_replicated():
     assert specs == {
         "batch_stats.BatchNorm_0.mean": REPLICATED,
         "batch_stats.BatchNorm_0.var": REPLICATED,
+        # the start map's per-tensor constants
+        "hypernn.start.scale": REPLICATED,
+        "hypernn.start.shift": REPLICATED,
         "params.embedding_module.embedding": REPLICATED,
         "params.weight_generator.bias": BIAS,
         "params.weight_generator.kernel": KERNEL,

@@ -42,7 +42,7 @@ def hypernetize(model: nn.Module, *, options: HypernetizeOptions) -> Hypernetize
     kind = DynamicHypernetizedLinen if options.dynamic else HypernetizedLinen
     hnet = kind(target=Opaque(model), options=Opaque(options))
     if options.example_inputs is not None or options.variables is not None:
-        hnet = hnet.clone(hypernn_plan=make_plan(model, options))._calibrated()
+        hnet = hnet.clone(hypernn_plan=make_plan(model, options))
         hnet._probe()
     return hnet
 

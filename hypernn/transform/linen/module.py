@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core.scope import is_filter_empty, subtract_filters
 
-from ...init import expected_calibration
+from ...init import calibrate, common_scale_of
 from ...calling import RESERVED_KEYWORDS, call_hypernetwork, check_reserved, reject_generate_kwargs
 from ...default_inits import TargetInit
+from ...factories import MLPGeneratorSpec
 from ...errors import ConfigurationError, GeneratorOutputError, OptionTypeError, UnsupportedModelError
 from ...layout import Layout, plan_layout
 from ...lowrank import LowRankWeight, factor_entries, select_low_rank
@@ -41,7 +42,7 @@ from ..jaxstart import merge_low_rank
 from ..jaxutil import check_chunks, check_generated_params, set_path, unflatten
 from . import factories
 from .introspect import Structure, trace_structure
-from .start import COLLECTION, DRAWS, apply_start, measure, warm_base
+from .start import COLLECTION, apply_start, fold_common_scale, measure, warm_base
 
 __all__ = ["HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque", "TargetCall"]
 
@@ -80,15 +81,17 @@ class LinenPlan:
     init: str = "default"
     #: the model's parameter count (tied once)
     num_model_parameters: int = 0
-    #: the start map's per-tensor constants (``None``: no map); see :mod:`.start`
-    scales: Optional[Tuple[float, ...]] = None
-    shifts: Optional[Tuple[float, ...]] = None
+
+    @property
+    def has_start_map(self) -> bool:
+        """Whether raw generator output passes through the start map (:mod:`.start`)."""
+        return self.init == "hyperfan" or self.warm_start
 
     @property
     def uses_start_collection(self) -> bool:
         """Whether the hypernetwork keeps a :data:`~hypernn.transform.linen.start.COLLECTION`
-        (warm start's base, low-rank ``W0``)."""
-        return self.warm_start or bool(self.low_rank_weights)
+        (the start map, warm start's base, low-rank ``W0``)."""
+        return self.has_start_map or bool(self.low_rank_weights)
 
 
 def check_model(module: Any) -> None:
@@ -230,8 +233,7 @@ class LinenHypernetwork(nn.Module):
         key = _shape_key((self.hypernn_target(), args, call_kwargs))
         plan = cache.get(key) if key is not None else None
         if plan is None:
-            plan = self.clone(hypernn_plan=make_plan(self.hypernn_target(), self.hypernn_options(), tuple(args),
-                                                     call_kwargs))._calibrated().hypernn_plan  # fmt: skip
+            plan = make_plan(self.hypernn_target(), self.hypernn_options(), tuple(args), call_kwargs)
             self.clone(hypernn_plan=plan)._probe()
             if key is not None:
                 cache[key] = plan
@@ -259,18 +261,19 @@ class LinenHypernetwork(nn.Module):
 
     def init(self, rngs: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
         planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
-        return nn.Module.init(planned, rngs, *args, method=_method_name(method), **kwargs)
+        return planned._folded(nn.Module.init(planned, rngs, *args, method=_method_name(method), **kwargs))
 
     def init_with_output(self, rngs: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
         planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
-        return nn.Module.init_with_output(planned, rngs, *args, method=_method_name(method), **kwargs)
+        output, variables = nn.Module.init_with_output(planned, rngs, *args, method=_method_name(method), **kwargs)
+        return output, planned._folded(variables)
 
     def apply(self, variables: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
         planned = self._planned(args, kwargs) if method is None else self._planned_for_method(args, kwargs)
         if planned.plan.uses_start_collection and isinstance(variables, Mapping) and COLLECTION not in variables:
             raise OptionTypeError(
-                f"`variables` lack the {COLLECTION!r} collection that `init` made (the frozen warm-start base and "
-                f"low-rank W0); pass every collection back, e.g. "
+                f"`variables` lack the {COLLECTION!r} collection that `init` made (the start map's per-tensor "
+                f"scales, a warm-start base, low-rank W0: constants, not trained); pass every collection back, e.g. "
                 f"`hnet.apply({{**variables, 'params': params}}, x)`. Collections given: {sorted(variables)}."
             )
         return nn.Module.apply(planned, variables, *args, method=_method_name(method), **kwargs)
@@ -283,41 +286,54 @@ class LinenHypernetwork(nn.Module):
     def setup(self) -> None:
         self.embedding_module = self.make_embedding_module()
         self.weight_generator = self.make_weight_generator()
-        if self.plan.warm_start:  # measured on the generator that init draws
+        # measured by init on the generator it draws (see :mod:`.start`)
+        if self.plan.has_start_map:
+            self.start_constants = self.variable(COLLECTION, "start", self._make_start)
+        if self.plan.warm_start:
             self.start_base = self.variable(COLLECTION, "base", self._make_base)
 
     def _calibration_raw(self) -> jax.Array:
         """The raw flat output the start map is measured on (a static hypernetwork's own)."""
         return self.weight_generator(self.embedding_module(jnp.arange(self.num_embeddings))).reshape(-1)
 
+    def _make_start(self) -> Dict[str, jax.Array]:
+        """The per-tensor ``scale``/``shift``: hyperfan's, measured on this draw, or 1 and 0."""
+        plan = self.plan
+        raw = self._calibration_raw()
+        if plan.init == "hyperfan":
+            scales, shifts = calibrate(plan.layout, raw, plan.targets, xp=jnp)
+        else:
+            scales, shifts = jnp.ones(len(plan.layout.slots)), jnp.zeros(len(plan.layout.slots))
+        return {"scale": scales.astype(raw.dtype), "shift": shifts.astype(raw.dtype)}
+
     def _make_base(self) -> jax.Array:
         plan = self.plan
         given = self.hypernn_options().variables
         chosen = [_Value(n, _pick(given["params"], p)) for n, p in plan.slots] if given is not None else []
         start = start_values(chosen, plan.low_rank_weights)
-        return warm_base(plan.layout, self._calibration_raw(), plan.scales, plan.shifts, start)
+        constants = self.start_constants.value
+        return warm_base(plan.layout, self._calibration_raw(), constants["scale"], constants["shift"], start)
 
     def start_values_map(self, raw: jax.Array) -> jax.Array:
         """The fixed map from the generator's raw flat output to generated values
         (hyperfan scale, warm start; identity with ``init="default"``)."""
+        if not self.plan.has_start_map:
+            return raw
         base = self.start_base.value if self.plan.warm_start else None
-        return apply_start(raw, self.layout, self.plan.scales, self.plan.shifts, base)
+        return apply_start(raw, self.layout, self.start_constants.value, base)
 
-    def _calibrated(self) -> "LinenHypernetwork":
-        """This hypernetwork with the start map's constants in its plan (see :mod:`.start`)."""
-        plan = self.hypernn_plan
-        if plan.scales is not None or (plan.init != "hyperfan" and not plan.warm_start):
-            return self
-        count = len(plan.layout.slots)
-        scales, shifts = (1.0,) * count, (0.0,) * count
-        if plan.init == "hyperfan":
-            probe = self.clone(hypernn_plan=dataclasses.replace(plan, warm_start=False))
-            with jax.ensure_compile_time_eval():
-                raws = [np.asarray(probe.init_with_output(jax.random.key(seed), method="_calibration_raw")[0])
-                        for seed in range(DRAWS)]  # fmt: skip
-            measured = expected_calibration(plan.layout, raws, plan.targets)
-            scales, shifts = tuple(float(v) for v in measured[0]), tuple(float(v) for v in measured[1])
-        return self.clone(hypernn_plan=dataclasses.replace(plan, scales=scales, shifts=shifts))
+    def _folded(self, variables: Any) -> Any:
+        """``init``'s variables with the common hyperfan scale moved into the generator's
+        last ``Dense`` (:func:`.start.fold_common_scale`); unchanged otherwise."""
+        plan = self.plan
+        start = variables.get(COLLECTION, {}).get("start") if isinstance(variables, Mapping) else None
+        if plan.init != "hyperfan" or start is None:
+            return variables
+        factory = self.hypernn_options().generator_factory
+        linear = factory is None or isinstance(factory, MLPGeneratorSpec)
+        factor = common_scale_of(plan.layout, start["scale"], jnp)
+        raw_of = lambda tree: nn.Module.apply(self, tree, method="_calibration_raw")  # noqa: E731
+        return fold_common_scale(variables, "weight_generator", plan.layout.chunk_dim, factor, raw_of, linear=linear)
 
     def make_embedding_module(self) -> nn.Module:
         """Build the chunk embedding module; override in subclasses to customise."""
