@@ -8,6 +8,11 @@ output dimension: ``in_channels/groups * prod(kernel_size)`` for a convolution. 
 weights are ``(out, in, *window)``; flax kernels ``(*window, in, out)``, whose delta is
 ``(A @ B).T`` laid out the same way.
 
+Linear layers called through their own forward run it factored,
+``x @ W0.T + scale * (x @ B.T) @ A.T``, never building the full matrix (torch:
+:mod:`hypernn.transform.torch.low_rank`; flax ``Dense`` and NNX ``Linear``:
+:mod:`hypernn.transform.jaxlowrank`); convolutions and tied weights run the merged weight.
+
 The factors are laid out like any generated tensors (named ``<weight>.A`` and
 ``<weight>.B``), so chunk layouts, init and warm start apply to them unchanged.
 

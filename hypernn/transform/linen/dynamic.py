@@ -26,6 +26,7 @@ from ..jaxconv import patches_conv
 from ..jaxpersample import drop_sample_batch_axis, map_samples, split_keys, with_sample_axis
 from ..jaxutil import check_chunks, check_generated_params
 from . import conditioning, factories
+from .lowrank import factored_dense, frozen_kernels, split_generated
 from .module import HypernetizedLinen, LinenHypernetwork, _checked, check_call_signature
 
 __all__ = ["DynamicHypernetizedLinen", "LinenDynamicHypernetwork", "check_dynamic_call_signature"]
@@ -171,16 +172,18 @@ class LinenDynamicHypernetwork(LinenHypernetwork):
         call = self._target_call(args, kwargs)
         target = self.hypernn_target()
         intercept = _per_sample_layers(frozenset(path[:-1] for _, path in self.plan.slots if path[-1] == "kernel"))
+        tensors, factors = split_generated(self, generated_params)  # factored Dense kernels: W0 + per-sample factors
+        frozen, plan = frozen_kernels(self, factors), self.plan
 
         def run(sample: Any, *sample_args: Any, shared: Any, **sample_kwargs: Any) -> Any:
-            tensors, keys = sample
-            variables = {"params": self._params_tree(tensors, shared["kept"]), **shared["state"]}
-            with nn.intercept_methods(intercept):
+            (tensors, factors), keys = sample
+            variables = {"params": self._params_tree({**tensors, **frozen}, shared["kept"]), **shared["state"]}
+            with nn.intercept_methods(intercept), factored_dense(plan, factors):
                 result = target.apply(variables, *sample_args, rngs=keys, mutable=call.mutable, **sample_kwargs)
             return result if call.mutable else (result, {})
 
-        output, updates = map_samples(run, (self.target_tensors(generated_params), split_keys(call.rngs, batch)),
-                                      args, kwargs, batch=batch, shared={"kept": call.kept, "state": call.state})  # fmt: skip
+        output, updates = map_samples(run, ((tensors, factors), split_keys(call.rngs, batch)), args, kwargs,
+                                      batch=batch, shared={"kept": call.kept, "state": call.state})  # fmt: skip
         if call.mutable:
             self._write_back(call, _merge_sample_updates(updates, call.collections))
         return output

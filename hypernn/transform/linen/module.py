@@ -42,6 +42,7 @@ from ..jaxstart import merge_low_rank
 from ..jaxutil import check_chunks, check_generated_params, set_path, unflatten
 from . import factories
 from .introspect import Structure, trace_structure
+from .lowrank import factored_dense, frozen_kernels, split_generated
 from .start import COLLECTION, apply_start, fold_common_scale, measure, warm_base
 
 __all__ = ["HypernetizedLinen", "LinenHypernetwork", "LinenPlan", "Opaque", "TargetCall"]
@@ -449,8 +450,10 @@ class LinenHypernetwork(nn.Module):
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
         call = self._target_call(args, kwargs)
-        variables = {"params": self._target_params(generated_params, call.kept), **call.state}
-        result = self.hypernn_target().apply(variables, *args, rngs=call.rngs, mutable=call.mutable, **kwargs)
+        tensors, factors = split_generated(self, generated_params)  # factored Dense kernels: W0 + their factors
+        variables = {"params": self._params_tree({**tensors, **frozen_kernels(self, factors)}, call.kept), **call.state}
+        with factored_dense(self.plan, factors):
+            result = self.hypernn_target().apply(variables, *args, rngs=call.rngs, mutable=call.mutable, **kwargs)
         if not call.mutable:
             return result
         output, updates = result

@@ -36,6 +36,7 @@ from ..jaxpersample import drop_sample_batch_axis, map_samples, with_sample_axis
 from ..jaxutil import check_chunks, check_generated_params
 from . import conditioning
 from .introspect import GeneratedSlot
+from .lowrank import factor_linears, split_generated
 from ...diagnostics import HypernetworkSummary
 from .module import _MERGE_COPY, HypernetizedNNX
 
@@ -169,14 +170,15 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
         conv_paths = frozenset(path[:-1] for path, _ in slot_paths if path[-1] == "kernel")
 
         def run(sample: Any, *sample_args: Any, shared: nnx.State, **sample_kwargs: Any) -> Any:
-            tensors, sample_keys, (rngs_args, rngs_kwargs) = sample
+            (tensors, factors), sample_keys, (rngs_args, rngs_kwargs) = sample
             sample_args = tuple(rngs_args.get(i, value) for i, value in enumerate(sample_args))
             sample_kwargs = {**sample_kwargs, **rngs_kwargs}
             flat = dict(nnx.to_flat_state(shared))
-            for path, name in slot_paths:
-                flat[path] = GeneratedSlot(tensors[name])
+            for path, name in slot_paths:  # a factored kernel's slot keeps W0
+                flat[path] = GeneratedSlot(tensors[name] if name in tensors else flat[path][...])
             model = nnx.merge(graphdef, sample_keys, nnx.from_flat_state(flat), **_MERGE_COPY)
             _per_sample_layers(model, conv_paths)
+            factor_linears(model, slot_paths, factors)
             output = model(*sample_args, **sample_kwargs)
             return output, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, GeneratedSlot, nnx.RngKey)))
 
@@ -186,7 +188,7 @@ class DynamicHypernetizedNNX(HypernetizedNNX):
                      {name: value.split(batch) for name, value in kwargs.items() if isinstance(value, nnx.Rngs)})
         args = tuple(None if i in call_rngs[0] else value for i, value in enumerate(args))
         kwargs = {name: value for name, value in kwargs.items() if name not in call_rngs[1]}
-        per_sample = (self.target_tensors(generated_params), batched_keys, call_rngs)
+        per_sample = (split_generated(self, generated_params), batched_keys, call_rngs)
         output, updated = map_samples(run, per_sample, args, kwargs, batch=batch, shared=rest)
         nnx.update(self.target_network, _merge_sample_state(updated))
         return output

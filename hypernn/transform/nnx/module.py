@@ -34,6 +34,7 @@ from ..jaxstart import merge_low_rank
 from ..jaxutil import check_chunks, check_generated_params, unflatten
 from . import factories
 from .introspect import FrozenWeight, GeneratedSlot, freeze_weights, param_specs, replace_with_slots, slot_paths
+from .lowrank import factor_linears, factored_kernels, split_generated
 from .start import build_output_affine, fold_common_scale, is_traced, measure
 
 __all__ = ["HypernetizedNNX"]
@@ -105,6 +106,8 @@ class HypernetizedNNX(nnx.Module):
         name = type(model).__name__
         specs = param_specs(model)
         chosen = self._select(specs, options, name)
+        #: the low-rank kernels whose nnx.Linear runs them factored (see :mod:`.lowrank`)
+        self.factored_kernels = factored_kernels(specs, self.low_rank_weights)
         entries = factor_entries(self.low_rank_weights) if options.low_rank else chosen
         self.layout: Layout = plan_layout(entries, kind=options.layout, num_embeddings=options.num_embeddings,
                                           chunk_dim=options.chunk_dim)  # fmt: skip
@@ -246,14 +249,21 @@ class HypernetizedNNX(nnx.Module):
         """Raise a clear error unless ``generated_params`` fits :attr:`layout`."""
         check_generated_params(generated_params, self.layout)
 
-    def _merged(self, generated_params: jax.Array, slot_type: type) -> nnx.Module:
-        """A copy of the target with the generated arrays in place (as ``slot_type``)."""
-        tensors = self.target_tensors(generated_params)
+    def _merged(self, generated_params: jax.Array, slot_type: type, *, factored: bool = False) -> nnx.Module:
+        """A copy of the target with the generated arrays in place (as ``slot_type``); with
+        ``factored``, low-rank ``nnx.Linear`` kernels stay ``W0`` and their layers add the
+        factored delta (:mod:`.lowrank`), otherwise every kernel is merged."""
+        if factored:
+            tensors, factors = split_generated(self, generated_params)
+        else:
+            tensors, factors = self.target_tensors(generated_params), {}
         graphdef, state = nnx.split(self.target_network)
         flat = dict(nnx.to_flat_state(state))
         for path, name in self._slot_paths:
-            flat[path] = slot_type(tensors[name])
-        return nnx.merge(graphdef, nnx.from_flat_state(flat), **_MERGE_COPY)
+            flat[path] = slot_type(tensors[name] if name in tensors else flat[path][...])
+        model = nnx.merge(graphdef, nnx.from_flat_state(flat), **_MERGE_COPY)
+        factor_linears(model, self._slot_paths, factors)
+        return model
 
     def generated_state(self, **generate_params_kwargs: Any) -> nnx.State:
         """The original model's ``nnx.Param`` state (same paths), generated and unselected."""
@@ -294,7 +304,7 @@ class HypernetizedNNX(nnx.Module):
         """Run the target with ``generated_params`` in place of the selected parameters."""
         if assert_parameter_shapes:
             self.assert_parameter_shapes(generated_params)
-        model = self._merged(generated_params, GeneratedSlot)
+        model = self._merged(generated_params, GeneratedSlot, factored=True)
         output = model(*args, **kwargs)
         # Write back what the call changed (BatchStat, RNG counts), never the generated arrays.
         nnx.update(self.target_network, nnx.state(model, nnx.Not(nnx.Any(nnx.Param, GeneratedSlot))))
