@@ -9,7 +9,8 @@ embeddings, which the weight generator maps to per-sample weights:
                            and ``shift`` linear in ``c`` (FiLM; zero-initialised, so a
                            fresh hypernetwork starts condition-independent)
 :func:`concat`             concatenation: ``[E, proj(c)]`` per chunk (the generator's
-                           input width becomes ``D + projection_dim``)
+                           input width becomes ``D + projection_dim``; ``proj`` is
+                           zero-initialised, so it also starts condition-independent)
 :func:`recurrent`          hyper-nn's dynamic hypernetwork: an RNN cell over ``c`` whose
                            state ``h`` (one unit per chunk) gates the embeddings,
                            ``E * h[:, None]``; the state travels through ``aux``

@@ -182,6 +182,23 @@ def test_warm_start_needs_the_models_variables_and_apply_needs_the_collection():
         hnet.apply({"params": variables["params"]}, IDS)
 
 
+class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(jnp.tanh(nn.Dense(7)(x)))
+
+
+@pytest.mark.parametrize("conditioning", [hypernn.conditioning.film(), hypernn.conditioning.concat(3)], ids=["film", "concat"])
+def test_dynamic_warm_start_holds_for_every_condition(conditioning):
+    x = jax.random.normal(jax.random.key(5), (4, 5))
+    pretrained = Tiny().init(KEY, x)
+    hnet = hypernetize(Tiny(), embedding_dim=3, num_embeddings=6, condition_dim=2, warm_start=True, variables=pretrained,
+                       condition_factory=conditioning)  # fmt: skip
+    variables = hnet.init(jax.random.key(1), x, condition=jnp.zeros((4, 2)))
+    c = jax.random.normal(jax.random.key(6), (4, 2))
+    np.testing.assert_allclose(hnet.apply(variables, x, condition=c), Tiny().apply(pretrained, x), **TOL)
+
+
 # ---------------------------------------------------------------- low rank
 
 

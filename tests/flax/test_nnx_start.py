@@ -52,6 +52,15 @@ def generated(hnet) -> dict:
 RANDOM_INIT = ["embed.embedding", "conv.kernel", "fc.kernel", "out.kernel"]
 
 
+@pytest.mark.parametrize("conditioning", [hypernn.conditioning.film(), hypernn.conditioning.concat(3)], ids=["film", "concat"])
+def test_dynamic_warm_start_holds_for_every_condition(conditioning):
+    model = nnx.Sequential(nnx.Linear(5, 7, rngs=nnx.Rngs(0)), jnp.tanh, nnx.Linear(7, 2, rngs=nnx.Rngs(1)))
+    hnet = hypernetize(model, embedding_dim=3, num_embeddings=6, condition_dim=2, warm_start=True,
+                       condition_factory=conditioning, rngs=nnx.Rngs(2))  # fmt: skip
+    x, c = jax.random.normal(jax.random.key(5), (4, 5)), jax.random.normal(jax.random.key(6), (4, 2))
+    np.testing.assert_allclose(hnet(x, condition=c), model(x), **TOL)
+
+
 @pytest.mark.parametrize("generator", [None, mlp_generator((16,), activation="tanh")])
 @pytest.mark.parametrize("layout, num_embeddings", [("global", 9), ("per_tensor", 40)])
 def test_generated_std_is_the_layers_own_init_std(layout, num_embeddings, generator):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
+import hypernn
 from hypernn import hypernetize, mlp_generator
 
 DTYPE = torch.float64
@@ -243,12 +244,25 @@ def test_warm_start_base_is_a_frozen_saved_parameter():
     assert all(p is not base for p in hnet.parameters() if p.requires_grad)
 
 
-def test_warm_start_with_task_ids_and_film_holds_for_every_condition():
+@pytest.mark.parametrize("conditioning", [hypernn.conditioning.film(), hypernn.conditioning.concat(3)], ids=["film", "concat"])
+def test_warm_start_holds_for_every_condition_and_training_makes_them_differ(conditioning):
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2)).to(DTYPE)
-    hnet = hypernetize(model, embedding_dim=3, num_embeddings=6, num_conditions=4, warm_start=True)
+    hnet = hypernetize(model, embedding_dim=3, num_embeddings=6, num_conditions=4, warm_start=True,
+                       condition_factory=conditioning)  # fmt: skip
     x = torch.randn(4, 5, dtype=DTYPE)
-    assert_close(hnet(x, condition=torch.tensor([0, 1, 2, 3])), model(x))
+    ids = torch.tensor([0, 1, 2, 3])
+    assert_close(hnet(x, condition=ids), model(x))
     assert_close(hnet.materialize(condition=2)(x), model(x))
+    vectors = hypernetize(model, embedding_dim=3, num_embeddings=6, condition_dim=2, warm_start=True,
+                          condition_factory=conditioning)  # fmt: skip
+    assert_close(vectors(x, condition=torch.randn(4, 2, dtype=DTYPE)), model(x))
+    # the conditioning starts at zero but is trainable: after one step the tasks differ
+    optimizer = torch.optim.SGD(hnet.parameters(), lr=0.5)
+    (hnet(x, condition=ids) - torch.randn(4, 2, dtype=DTYPE)).pow(2).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        first, second = hnet(x[:1], condition=torch.tensor(0)), hnet(x[:1], condition=torch.tensor(1))
+    assert not torch.allclose(first, second)
 
 
 def test_warm_start_through_the_class_decorator():

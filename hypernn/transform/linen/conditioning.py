@@ -58,7 +58,8 @@ class Concat(nn.Module):
     @nn.compact
     def __call__(self, embedding: jax.Array, condition: jax.Array) -> Output:
         width = self.projection_dim or self.embedding_dim
-        projected = nn.Dense(width, name="projection")(condition)[..., None, :]
+        # zero-initialised (like FiLM): starts condition-independent
+        projected = nn.Dense(width, kernel_init=nn.initializers.zeros, name="projection")(condition)[..., None, :]
         lead = projected.shape[:-2]
         tiled = jnp.broadcast_to(projected, (*lead, embedding.shape[0], width))
         return jnp.concatenate([jnp.broadcast_to(embedding, (*lead, *embedding.shape)), tiled], axis=-1), {}

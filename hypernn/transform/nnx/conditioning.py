@@ -40,12 +40,13 @@ class FiLM(nnx.Module):
 
 
 class Concat(nnx.Module):
-    """``[E, proj(c)]`` for every chunk; the generator sees ``embedding_dim + projection_dim``."""
+    """``[E, proj(c)]`` for every chunk; the generator sees ``embedding_dim + projection_dim``.
+    ``proj`` is zero-initialised (like FiLM), so it starts condition-independent."""
 
     def __init__(self, condition_dim: int, num_embeddings: int, embedding_dim: int,
                  projection_dim: Optional[int] = None, *, rngs: nnx.Rngs):  # fmt: skip
         width = projection_dim or embedding_dim
-        self.projection = nnx.Linear(condition_dim, width, rngs=rngs)
+        self.projection = nnx.Linear(condition_dim, width, kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.output_dim = embedding_dim + width
 
     def __call__(self, embedding: jax.Array, condition: jax.Array) -> Output:

@@ -40,12 +40,15 @@ class FiLM(nn.Module):
 
 
 class Concat(nn.Module):
-    """``[E, proj(c)]`` for every chunk; the generator sees ``embedding_dim + projection_dim``."""
+    """``[E, proj(c)]`` for every chunk; the generator sees ``embedding_dim + projection_dim``.
+    ``proj`` is zero-initialised (like FiLM), so it starts condition-independent."""
 
     def __init__(self, condition_dim: int, num_embeddings: int, embedding_dim: int, projection_dim: Optional[int] = None):
         super().__init__()
         width = projection_dim or embedding_dim
         self.projection = nn.Linear(condition_dim, width)
+        nn.init.zeros_(self.projection.weight)
+        nn.init.zeros_(self.projection.bias)
         self.output_dim = embedding_dim + width
 
     def forward(self, embedding: torch.Tensor, condition: torch.Tensor) -> Output:
