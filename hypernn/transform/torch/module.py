@@ -435,8 +435,11 @@ class HypernetizedModule(nn.Module):
         return cache
 
     def clear_generated_cache(self) -> None:
-        """Forget reused generated weights (needed only after edits through ``param.data``)."""
+        """Forget reused generated weights and the start map's per-element vectors (needed
+        only after edits through ``param.data``)."""
         self._generated_cache().clear()
+        if self.output_affine is not None:
+            self.output_affine.clear_cache()
 
     # ------------------------------------------------------------ the inverse
 
