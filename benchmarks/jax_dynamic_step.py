@@ -27,11 +27,19 @@ Implementations of the same math; one step is forward, loss, gradient and an
 * ``nnx_jit`` (informational): the NNX-tutorial style, ``nnx.jit`` over ``(model,
   nnx.Optimizer)`` with ``nnx.value_and_grad`` (pays NNX's Python graph traversal per call);
 * ``hand``: a hand-written pure function: the same embedding table, FiLM and generator
-  (initial values copied from the hypernetwork), one ``jnp.split`` of the ``(B, G)`` vector
+  (initial values copied from the linen hypernetwork), one ``jnp.split`` of the ``(B, G)`` vector
   at the layout offsets (re-derived here from the layer sizes and checked against
   hypernn's layout), ``jnp.einsum("bi,bio->bo")`` for Dense and one grouped convolution
   (``feature_group_count=B``; ``--hand-conv vmap``: ``jax.vmap`` of
   ``lax.conv_general_dilated``, the same HLO) for Conv. Target: hypernn at most 1.2x its time;
+* ``hand_hyperfan``: the NNX rows' baseline. The NNX hypernetwork uses the default
+  ``init="hyperfan"``: a fixed per-tensor affine map after the generator (``flat = shift +
+  scale * raw``, hypernn/init.py; hyperfan's common scale folded into the generator). This
+  is ``hand`` with that map written by hand (per-element scale and shift vectors built once
+  from the NNX hypernetwork's per-tensor values, closed over like the NNX hypernetwork's own
+  map) and the NNX hypernetwork's initial values (its FiLM given the linen one's values).
+  The linen hypernetwork keeps ``init="default"`` (no map) for now, while its start map
+  moves into a variable collection of its own;
 * ``hand_im2col`` (informational, models with a Conv): the same, but each Conv as patches
   (``lax.conv_general_dilated_patches``) and one batched matmul. On XLA:CPU the kernel
   gradient of a grouped convolution (a ``batch_group_count=B`` convolution) is expanded
@@ -105,7 +113,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -127,12 +135,16 @@ FILM_STD = 0.1
 CHECK_SAMPLES = 8  # the loops are checked against the hypernetwork on this many samples
 
 #: every implementation (row), in report order; which hypernetwork each loop is compared to
-IMPLS = ("hand", "hand_im2col", "linen", "linen_loop", "nnx", "nnx_jit", "nnx_loop")
+IMPLS = ("hand", "hand_hyperfan", "hand_im2col", "linen", "linen_loop", "nnx", "nnx_jit", "nnx_loop")
 LOOPS = {"linen_loop": "linen", "nnx_loop": "nnx"}
 HYPERNETS = ("linen", "nnx")
 #: the hypernetwork each row is compared with in the "hypernn speedup" column
 REFERENCE = {"linen": "linen", "linen_loop": "linen", "nnx": "nnx", "nnx_jit": "nnx", "nnx_loop": "nnx"}
-LABELS = {"hand": "hand-written", "hand_im2col": "hand-written (im2col)", "linen": "linen hypernn",
+#: the hand-written baseline of each row ("vs hand" column, targets): the NNX rows' has the
+#: NNX hypernetwork's hyperfan start map; the others' (and the linen hypernetwork) have none
+BASELINES = {"nnx": "hand_hyperfan", "nnx_jit": "hand_hyperfan", "nnx_loop": "hand_hyperfan"}
+LABELS = {"hand": "hand-written", "hand_hyperfan": "hand-written + hyperfan", "hand_im2col": "hand-written (im2col)",
+          "linen": "linen hypernn",
           "linen_loop": "linen python loop", "nnx": "nnx hypernn (pure)", "nnx_jit": "nnx hypernn (nnx.jit)",
           "nnx_loop": "nnx python loop"}  # fmt: skip
 MIN_ROUNDS = 3
@@ -142,6 +154,11 @@ Batch = Tuple[jax.Array, jax.Array, jax.Array]  # (x, condition, target)
 Layer = Tuple  # ("dense", in, out) | ("conv", in, out, kernel) | ("relu",) | ("flatten",)
 #: a step runner: ``run(batch) -> loss``; it carries its own params and optimizer state
 Runner = Callable[[Batch], jax.Array]
+
+
+def baseline_of(name: str) -> str:
+    """The hand-written row ``name`` is compared with (see :data:`BASELINES`)."""
+    return BASELINES.get(name, "hand")
 
 
 # ---------------------------------------------------------------- workloads
@@ -229,7 +246,8 @@ class HandLayout:
         total = sum(sizes)
         self.chunk_dim = math.ceil(total / workload.num_embeddings)
         padding = workload.num_embeddings * self.chunk_dim - total
-        self.boundaries = tuple(np.cumsum(sizes + ([padding] if padding else []))[:-1].tolist())
+        self.split_sizes = tuple(sizes + ([padding] if padding else []))
+        self.boundaries = tuple(np.cumsum(self.split_sizes)[:-1].tolist())
 
 
 # ---------------------------------------------------------------- the hand-written implementation
@@ -282,13 +300,20 @@ def im2col_conv(h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 HAND_CONVS = {"grouped": grouped_conv, "vmap": vmapped_conv, "im2col": im2col_conv}
 
 
-def make_hand_forward(workload: Workload, layout: HandLayout, conv: str = "grouped") -> Callable:
-    """``forward(params, x, condition) -> (B, outputs)``, batched over per-sample weights."""
+def make_hand_forward(workload: Workload, layout: HandLayout, conv: str = "grouped",
+                      start: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Callable:  # fmt: skip
+    """``forward(params, x, condition) -> (B, outputs)``, batched over per-sample weights.
+    ``start``: per-element ``(scale, shift)`` vectors of a start map, closed over as
+    constants, applied to the ``(B, G)`` vector as ``shift + scale * raw``; ``None``: no map."""
     batched_conv = HAND_CONVS[conv]
+    scale, shift = (None, None) if start is None else (jnp.asarray(start[0]), jnp.asarray(start[1]))
 
     def forward(params: Params, x: jax.Array, condition: jax.Array) -> jax.Array:
         batch = x.shape[0]
-        pieces = jnp.split(hand_generate(params, condition), layout.boundaries, axis=1)
+        flat = hand_generate(params, condition)
+        if scale is not None:
+            flat = shift + scale * flat
+        pieces = jnp.split(flat, layout.boundaries, axis=1)
         tensors = iter(piece.reshape(batch, *shape) for piece, shape in zip(pieces, layout.shapes))
         h = x
         for layer in workload.layers:
@@ -311,7 +336,11 @@ def make_hand_forward(workload: Workload, layout: HandLayout, conv: str = "group
 
 
 def build_linen(workload: Workload, seed: int = 0) -> Tuple[nn.Module, Params]:
-    """The linen dynamic hypernetwork and its params, FiLM given small random values."""
+    """The linen dynamic hypernetwork and its params, FiLM given small random values.
+
+    ``init="default"`` (no start map): linen's hyperfan map is moving into a variable
+    collection of its own (not ``params``), so the twin would read it from there; until
+    then the linen rows measure the map-free configuration (see the module doc)."""
     hnet = hypernetize(LinenTarget(workload.layers), embedding_dim=workload.embedding_dim,
                        num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim, init="default")  # fmt: skip
     x = jnp.zeros((2, *workload.input_shape))
@@ -328,15 +357,34 @@ def build_linen(workload: Workload, seed: int = 0) -> Tuple[nn.Module, Params]:
 
 
 def build_nnx(workload: Workload, params: Params, seed: int = 0) -> nnx.Module:
-    """The NNX dynamic hypernetwork, loaded with ``params`` (the linen hypernetwork's values)."""
+    """The NNX dynamic hypernetwork (default ``init="hyperfan"``: its own embedding table,
+    folded generator and start map), its FiLM given the values of ``params``' (the linen
+    hypernetwork's randomised FiLM)."""
     hnet = hypernetize(build_nnx_target(workload, seed), embedding_dim=workload.embedding_dim,
                        num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim,
-                       rngs=nnx.Rngs(seed + 1), init="default")  # fmt: skip
+                       rngs=nnx.Rngs(seed + 1))  # fmt: skip
     state = nnx.state(hnet, nnx.Param)
-    assert jax.tree.map(jnp.shape, nnx.to_pure_dict(state)) == jax.tree.map(jnp.shape, params), "NNX params differ"
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.array, params))
+    own = nnx.to_pure_dict(state)
+    assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, params), "NNX params differ"
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.array, {**own, "condition_module": params["condition_module"]}))
     nnx.update(hnet, state)
     return hnet
+
+
+def nnx_start_map(hnet: nnx.Module, split_sizes: Sequence[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The NNX hypernetwork's start map (``hnet.output_affine``: per-tensor ``scale``/``shift``
+    in layout order) as per-element vectors over ``split_sizes`` (the surplus: scale 1, shift
+    0); ``None`` without a map."""
+    affine = hnet.output_affine
+    if affine is None:
+        return None
+    assert affine.base is None, "warm start (a full base vector) is not written in the twin"
+    scales, shifts = np.asarray(affine.scale[...]), np.asarray(affine.shift[...])
+    extra = len(split_sizes) - len(scales)
+    assert extra in (0, 1), (len(split_sizes), len(scales))
+    scale = np.repeat(np.concatenate([scales, np.ones(extra, scales.dtype)]), split_sizes)
+    shift = np.repeat(np.concatenate([shifts, np.zeros(extra, shifts.dtype)]), split_sizes)
+    return scale, shift
 
 
 def linen_forward(hnet: nn.Module) -> Callable:
@@ -518,7 +566,8 @@ class Setup:
     workload: Workload
     layout: Any  # hypernn's (linen) layout
     params: Params  # initial values (linen params tree), FiLM randomised
-    forwards: Dict[str, Callable]  # "hand", ["hand_im2col"], "linen", "nnx" -> forward(params, x, c)
+    hyperfan_params: Params  # the NNX hypernetwork's initial values, as a plain dict (the same tree)
+    forwards: Dict[str, Callable]  # "hand", "hand_hyperfan", ["hand_im2col", "hand_hyperfan_im2col"], "linen", "nnx"
     nnx_params: nnx.State
     linen_hnet: nn.Module
     fresh_nnx: Callable[[], nnx.Module]
@@ -545,20 +594,27 @@ def build_setup(workload: Workload, hand_conv: str = "grouped") -> Setup:
         assert [(s.offset, tuple(s.shape)) for s in hnet.layout.slots] == expected, "NNX layout differs"
         return hnet
 
-    nnx_forward, nnx_params = nnx_pure_forward(fresh_nnx())
-    forwards = {"hand": make_hand_forward(workload, hand_layout, hand_conv), "linen": linen_forward(linen_hnet),
-                "nnx": nnx_forward}  # fmt: skip
+    reference = fresh_nnx()
+    start = nnx_start_map(reference, hand_layout.split_sizes)
+    hyperfan_params = as_plain(nnx.state(reference, nnx.Param))
+    nnx_forward, nnx_params = nnx_pure_forward(reference)
+    forwards = {"hand": make_hand_forward(workload, hand_layout, hand_conv),
+                "hand_hyperfan": make_hand_forward(workload, hand_layout, hand_conv, start),
+                "linen": linen_forward(linen_hnet), "nnx": nnx_forward}  # fmt: skip
     if has_conv(workload) and hand_conv != "im2col":
         forwards["hand_im2col"] = make_hand_forward(workload, hand_layout, "im2col")
+        forwards["hand_hyperfan_im2col"] = make_hand_forward(workload, hand_layout, "im2col", start)
     tx, loss = make_optimizer(), loss_fn(workload)
-    steps = {name: make_pure_step(forward, tx, loss) for name, forward in forwards.items()}
-    return Setup(workload, layout, params, forwards, nnx_params, linen_hnet, fresh_nnx, tx, loss, steps)
+    steps = {name: make_pure_step(forward, tx, loss) for name, forward in forwards.items()}  # jitted lazily
+    return Setup(workload, layout, params, hyperfan_params, forwards, nnx_params, linen_hnet, fresh_nnx, tx, loss, steps)
 
 
 def make_runner(setup: Setup, name: str):
     """A fresh runner (own params and Adam state, from the initial values) for ``name``."""
     if name in ("hand", "hand_im2col", "linen"):
         return PureRunner(setup.steps[name][0], setup.params, setup.tx)
+    if name in ("hand_hyperfan", "hand_hyperfan_im2col"):
+        return PureRunner(setup.steps[name][0], setup.hyperfan_params, setup.tx)
     if name == "nnx":
         _, params = nnx_pure_forward(setup.fresh_nnx())
         return PureRunner(setup.steps["nnx"][0], params, setup.tx)
@@ -618,8 +674,9 @@ def check_equivalence(setup: Setup, batches: Sequence[Batch], impls: Sequence[st
     """
     diffs: Dict[str, float] = {}
     params = {name: setup.params for name in setup.forwards}
-    params["nnx"] = setup.nnx_params
+    params.update({"nnx": setup.nnx_params, "hand_hyperfan": setup.hyperfan_params})
     needed = {REFERENCE.get(name, name) for name in impls} | {"hand"}
+    needed |= {baseline_of(name) for name in needed}
     evaluate = {name: jax.jit(lambda p, x, c, y, f=setup.forwards[name]: (f(p, x, c), setup.loss(f(p, x, c), y)))
                 for name in needed}  # fmt: skip
     gradient = {name: jax.jit(jax.grad(setup.steps[name][1])) for name in needed}
@@ -627,23 +684,31 @@ def check_equivalence(setup: Setup, batches: Sequence[Batch], impls: Sequence[st
     flat = hand_generate(setup.params, batch[1][:2])
     assert float(jnp.abs(flat[0] - flat[1]).max()) > 1e-3, "per-sample weights do not depend on the condition"
 
-    out_b, loss_b = evaluate["hand"](params["hand"], *batch)
-    grads_b = gradient["hand"](params["hand"], *batch)
-    for name in sorted(needed - {"hand"}, key=IMPLS.index):
+    hands = sorted({baseline_of(name) for name in needed}, key=IMPLS.index)
+    reference = {hand: (*evaluate[hand](params[hand], *batch), gradient[hand](params[hand], *batch)) for hand in hands}
+    for name in sorted(needed - set(hands), key=IMPLS.index):
+        hand = baseline_of(name)
+        out_b, loss_b, grads_b = reference[hand]
         out_h, loss_h = evaluate[name](params[name], *batch)
-        diffs[f"{name} out"] = assert_close(out_h, out_b, f"{name} vs hand: outputs")
-        assert_close(loss_h, loss_b, f"{name} vs hand: losses")
-        diffs[f"{name} grad"] = assert_close(gradient[name](params[name], *batch), grads_b, f"{name} vs hand: gradients")
+        diffs[f"{name} out"] = assert_close(out_h, out_b, f"{name} vs {hand}: outputs")
+        assert_close(loss_h, loss_b, f"{name} vs {hand}: losses")
+        diffs[f"{name} grad"] = assert_close(gradient[name](params[name], *batch), grads_b, f"{name} vs {hand}: gradients")
 
-    runners = {name: make_runner(setup, name) for name in ("hand", *impls) if name not in LOOPS}
+    batched = [name for name in impls if name not in LOOPS]
+    runners = {name: make_runner(setup, name) for name in ("hand", *batched, *{baseline_of(name) for name in batched})}
+    compared = [name for name in runners if name not in {"hand", *BASELINES.values()}]  # the baselines themselves: not
     for step in batches[:3]:
         losses = {name: run(step) for name, run in runners.items()}
-        for name in runners:
-            assert_close(losses[name], losses["hand"], f"{name} vs hand: training losses")
-    for name in runners:
-        assert_close(runners[name].params(), runners["hand"].params(), f"{name} vs hand: params after 3 Adam steps", 1e-4)
+        for name in compared:
+            hand = baseline_of(name)
+            assert_close(losses[name], losses[hand], f"{name} vs {hand}: training losses")
+    for name in compared:
+        hand = baseline_of(name)
+        assert_close(runners[name].params(), runners[hand].params(), f"{name} vs {hand}: params after 3 Adam steps", 1e-4)
 
-    fastest_hand = "hand_im2col" if "hand_im2col" in setup.forwards else "hand"
+    def fastest(hand: str) -> str:
+        return f"{hand}_im2col" if f"{hand}_im2col" in setup.forwards else hand
+
     for loop, hyper in LOOPS.items():
         if loop not in impls:
             continue
@@ -653,9 +718,10 @@ def check_equivalence(setup: Setup, batches: Sequence[Batch], impls: Sequence[st
         diffs[f"{loop} out"] = assert_close(runner.outputs(few), out_h, f"{loop} vs {hyper}: outputs")
         assert_close(loss_l, loss_h, f"{loop} vs {hyper}: losses")
         diffs[f"{loop} grad"] = assert_close(grads_l, gradient[hyper](params[hyper], *few), f"{loop} vs {hyper}: gradients")
-        reference = make_runner(setup, fastest_hand)
-        assert_close(runner(batch), reference(batch), f"{loop} vs hand: training losses")
-        assert_close(runner.params(), reference.params(), f"{loop} vs hand: params after one Adam step", 1e-4)
+        hand = fastest(baseline_of(loop))
+        reference_runner = make_runner(setup, hand)
+        assert_close(runner(batch), reference_runner(batch), f"{loop} vs {hand}: training losses")
+        assert_close(runner.params(), reference_runner.params(), f"{loop} vs {hand}: params after one Adam step", 1e-4)
         runners[loop] = runner
     return diffs, {name: runners[name] for name in impls}
 
@@ -683,6 +749,7 @@ def benchmark_workload(workload: Workload, impls: Sequence[str], args: argparse.
     ``--rounds``, fewer (at least 3) when they would take more than ``--budget`` seconds.
     """
     impls = tuple(name for name in impls if name != "hand_im2col" or (has_conv(workload) and args.hand_conv != "im2col"))
+    impls = tuple(name for name in IMPLS if name in {*impls, *map(baseline_of, impls)})  # every row's baseline is timed
     setup = build_setup(workload, args.hand_conv)
     batches = make_batches(workload, 4)
     check, runners = check_equivalence(setup, batches, impls)
@@ -715,7 +782,7 @@ def benchmark_workload(workload: Workload, impls: Sequence[str], args: argparse.
             times[name].append(time_steps(runners[name], data[name], count[name], args.clock) * scale[name])
 
     med = {name: statistics.median(values) for name, values in times.items()}
-    ratios = {name: [h / b for h, b in zip(times[name], times["hand"])] for name in impls if name != "hand"}
+    ratios = {name: [h / b for h, b in zip(times[name], times[baseline_of(name)])] for name in impls if name != "hand"}
     speedups = {loop: [s / f for s, f in zip(times[loop], times[hyper])] for loop, hyper in LOOPS.items()
                 if loop in impls and hyper in impls}  # fmt: skip
     ratio = {name: statistics.median(values) for name, values in ratios.items()}
@@ -739,6 +806,7 @@ def benchmark_workload(workload: Workload, impls: Sequence[str], args: argparse.
         "equivalence": check,
         "ms_per_step": times,
         "median_ms_per_step": med,
+        "baselines": {name: baseline_of(name) for name in impls},  # "vs hand": vs this hand-written row
         "per_round_ratio_vs_hand": ratios,
         "per_round_speedup_vs_loop": speedups,
         "ratio_vs_hand": ratio,
@@ -816,21 +884,22 @@ def report(result: Dict) -> str:
         f"generated per sample){conv}",
         f"  equal to hand-written (loops: to hypernn, {CHECK_SAMPLES} samples), max |diff|: {equal}; "
         f"params equal after 3 Adam steps (loops: 1)",
-        f"  {'implementation':<22} {'ms/step':>9} {'vs hand':>8} {'hypernn speedup':>16} {'XLA step mem':>13} "
+        f"  {'implementation':<23} {'ms/step':>9} {'vs hand':>8} {'hypernn speedup':>16} {'XLA step mem':>13} "
         f"{'steps/round':>11}" + (f" {'peak RSS growth':>15}" if rss else ""),
     ]
     for name in med:
         ref = REFERENCE.get(name)
         speed = f"{med[name] / med[ref]:15.2f}x" if ref in med else f"{'-':>16}"
-        lines.append(f"  {LABELS[name]:<22} {med[name]:9.3f} {med[name] / med['hand']:7.2f}x {speed} "
+        lines.append(f"  {LABELS[name]:<23} {med[name]:9.3f} {med[name] / med[baseline_of(name)]:7.2f}x {speed} "
                      f"{_mib(mem[name]['total']):>13} {steps[name]:>11}"
                      + (f" {_mib(rss[name]):>15}" if rss else ""))  # fmt: skip
-    lines.append(f"  ({result['clock']} time, median of {result['rounds']} interleaved rounds{loop_note})")
-    for name in ("linen", "nnx", "nnx_jit", "hand_im2col"):
+    lines.append(f"  ({result['clock']} time, median of {result['rounds']} interleaved rounds{loop_note}; "
+                 f"vs hand: vs {LABELS['hand_hyperfan']} for the NNX rows)")  # fmt: skip
+    for name in ("linen", "nnx", "nnx_jit", "hand_im2col", "hand_hyperfan"):
         if name not in result["ratio_vs_hand"]:
             continue
         ratios = sorted(result["per_round_ratio_vs_hand"][name])
-        line = (f"  {LABELS[name]}/hand-written {result['ratio_vs_hand'][name]:.3f}x (median per-round ratio; "
+        line = (f"  {LABELS[name]}/{LABELS[baseline_of(name)]} {result['ratio_vs_hand'][name]:.3f}x (median per-round ratio; "
                 f"range {ratios[0]:.3f}-{ratios[-1]:.3f})")  # fmt: skip
         if name in result["ratio_target_met"]:
             line += f"; target <= {result['target_ratio']:.1f}x: {'MET' if result['ratio_target_met'][name] else 'MISSED'}"
@@ -920,7 +989,7 @@ def workload_for(name: str, args: argparse.Namespace) -> Workload:
 
 def selected_impls(args: argparse.Namespace) -> Tuple[str, ...]:
     """The rows to time, in report order (``hand_im2col`` is dropped later for a model without conv)."""
-    keep = {"hand", "hand_im2col"}
+    keep = {"hand", "hand_im2col"}  # (and every row's baseline: benchmark_workload adds it)
     if args.framework in ("linen", "both"):
         keep |= {"linen", "linen_loop"}
     if args.framework in ("nnx", "both"):

@@ -24,7 +24,8 @@ compare overheads, not architectures:
 
 Workloads: ``static`` (784-256-256-10 MLP, batch 128, training step), ``deep_forward`` /
 ``deep_step`` (48 x (Linear(64, 64), ReLU), batch 32, training-mode forward / step; the
-generated weights scaled to He size, as in ``torch_small_tensors.py``), ``per_sample``
+generated weights scaled to He size: the peers have no start map like hypernn's hyperfan,
+and their default overflows over 48 layers), ``per_sample``
 (MLP 32-64-32, batch 256, condition 16, one weight set per sample, MSE training step).
 Steps use Adam (lr 1e-3). A workload a peer cannot run is reported n/a with the error.
 

@@ -1,8 +1,9 @@
 """Time one training step of a ``torch.compile``d hypernetized MLP against the compiled hand-written twin.
 
 The workload of ``torch_mlp_step.py`` (784-256-256-10 MLP, batch 128, every parameter
-generated, ``D=32, E=64`` unless told; the hand-written twin embeds, generates, cuts with
-one ``torch.split`` and calls ``F.linear``), with both modules wrapped in
+generated, default ``init="hyperfan"``, ``D=32, E=64`` unless told; the hand-written twin
+embeds, generates, applies the start map (``shift + scale * raw``), cuts with one
+``torch.split`` and calls ``F.linear``), with both modules wrapped in
 ``torch.compile`` (default inductor backend): forward and backward run compiled;
 cross-entropy, ``Adam.step()`` and ``zero_grad()`` run eagerly, the same in both. Target
 (issue 7): hypernn compiled at most 1.05x the compiled twin.

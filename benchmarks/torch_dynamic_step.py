@@ -20,12 +20,14 @@ backward, ``Adam.step()``, ``zero_grad()``):
 * ``hypernn``: the :func:`hypernn.hypernetize` dynamic hypernetwork (batched per-sample
   weights through its ``PerSampleRunner``: ``baddbmm`` for Linear, grouped conv for Conv2d);
 * ``hand``: a hand-written batched module: the same embedding table, FiLM linear and
-  generator (initial values copied from the hypernetwork), one ``torch.split`` of the
+  generator (initial values copied from the hypernetwork), hypernn's default ``hyperfan``
+  start map (per-element scale and shift vectors copied from the hypernetwork,
+  ``shift + scale * raw`` over the ``(B, G)`` vector), one ``torch.split`` of the
   ``(B, G)`` vector at the layout offsets (computed here from the layer sizes and checked
   against hypernn's layout), ``torch.baddbmm`` for Linear and one grouped ``F.conv2d``
   (bias included) for Conv2d. Target: hypernn at most 1.2x its time;
 * ``loop``: the naive implementation, a Python loop over samples: for each sample,
-  generate its weights from its condition (same FiLM, generator and split, unbatched)
+  generate its weights from its condition (same FiLM, generator, start map and split, unbatched)
   and run ``F.linear``/``F.conv2d`` on ``x[i:i+1]``; the outputs are concatenated and one
   loss/backward/Adam step follows. Target: hypernn at least 10x faster than this loop;
 * ``hnet_loop`` (informational): the same loop written with hypernn itself, a copy of the
@@ -101,6 +103,7 @@ from torch import nn
 
 from hypernn import hypernetize
 from common import CLOCKS, write_json
+from twins import StartMapMixin, copy_start_map
 
 TARGET_RATIO = 1.2  # hypernn / hand-written, at most
 TARGET_SPEEDUP = 10.0  # loop / hypernn, at least
@@ -174,7 +177,7 @@ def build_hypernet(workload: Workload, seed: int = 0) -> nn.Module:
     """``hypernetize`` the model dynamically; FiLM given small random values (see module doc)."""
     torch.manual_seed(seed)
     hnet = hypernetize(build_model(workload), embedding_dim=workload.embedding_dim,
-                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim, init="default")  # fmt: skip
+                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim)  # fmt: skip
     with torch.no_grad():
         film = hnet.condition_module.to_scale_shift
         film.weight.normal_(0.0, 0.1)
@@ -195,11 +198,11 @@ def batched_conv2d(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     return out.view(batch, out_channels, *out.shape[2:])
 
 
-class HandWrittenDynamic(nn.Module):
+class HandWrittenDynamic(StartMapMixin, nn.Module):
     """The dynamic hypernetwork written by hand, batched over samples.
 
     FiLM (``E * (1 + scale) + shift`` from one ``nn.Linear(C, 2D)``), the linear generator,
-    one ``torch.split`` of the ``(B, G)`` vector at the offsets of ``parameter_shapes``
+    the start map (:class:`twins.StartMapMixin`, set by ``copy_start_map``), one ``torch.split`` of the ``(B, G)`` vector at the offsets of ``parameter_shapes``
     (plus the padding at the end), ``view`` to ``(B, *shape)``, then ``baddbmm`` /
     grouped ``conv2d`` / ``relu`` / ``flatten``.
     """
@@ -217,12 +220,13 @@ class HandWrittenDynamic(nn.Module):
         self.film = nn.Linear(workload.condition_dim, 2 * workload.embedding_dim)
         self.generator = nn.Linear(workload.embedding_dim, chunk_dim)
         self.register_buffer("index", torch.arange(workload.num_embeddings), persistent=False)
+        self._no_start_map()
 
     def generate(self, condition: torch.Tensor) -> torch.Tensor:
         """Flat generated vector(s): ``(B, G)`` for ``(B, C)`` conditions, ``(G,)`` for ``(C,)``."""
         scale, shift = self.film(condition).unsqueeze(-2).chunk(2, dim=-1)
         embedding = self.embedding(self.index) * (1 + scale) + shift
-        return self.generator(embedding).flatten(-2)
+        return self.start_map(self.generator(embedding).flatten(-2))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -307,6 +311,9 @@ def build_all(workload: Workload, impls: Sequence[str] = IMPLS) -> Dict[str, nn.
             for source, target in zip(trained_tensors(hnet), trained_tensors(model)):
                 if target is not source:
                     target.copy_(source)
+    for model in models.values():
+        if isinstance(model, StartMapMixin):
+            copy_start_map(hnet, model)
     return models
 
 

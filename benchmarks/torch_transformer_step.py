@@ -8,7 +8,10 @@ the attention projection weights are generated, ``targets=TARGETS`` (a regex ove
 trained parameter of the hypernetwork. ``D=32, E=64`` unless told.
 
 One step: forward, MSE loss against a random target, backward, ``Adam.step()`` over every
-trained tensor, ``zero_grad()``. Two hand-written twins, with the same initial values:
+trained tensor, ``zero_grad()``. The hypernetwork uses the default ``init="hyperfan"`` (a
+per-tensor affine map after the generator). Two hand-written twins, with the same initial
+values and that start map written by hand (per-element scale and shift vectors copied from
+the hypernetwork, ``shift + scale * raw`` on the flat vector):
 
 * ``functional``: embedding table, generator, one ``torch.split``; then the encoder written
   as functions: ``F.linear`` to q, k, v, ``F.scaled_dot_product_attention`` over 4 heads,
@@ -52,7 +55,7 @@ from torch import nn
 from hypernn import hypernetize
 from common import add_round_args, check_round_args, format_rows, interleaved_times, make_row, rss_growth
 from common import rss_in_subprocesses, write_json
-from twins import SameModelTwin, split_sizes
+from twins import SameModelTwin, StartMapMixin, copy_start_map, split_sizes
 
 TARGET_RATIO = 1.05
 D_MODEL, HEADS, FEEDFORWARD, LAYERS, BATCH, SEQ = 64, 4, 256, 2, 32, 16
@@ -74,7 +77,7 @@ def generated_names(model: nn.Module) -> List[str]:
     return [name for name, _ in model.named_parameters() if re.fullmatch(TARGETS, name)]
 
 
-class FunctionalTransformer(nn.Module):
+class FunctionalTransformer(StartMapMixin, nn.Module):
     """The selectively hypernetized encoder written as functions (see module doc)."""
 
     def __init__(self, model: nn.Module, embedding_dim: int, num_embeddings: int):
@@ -86,11 +89,12 @@ class FunctionalTransformer(nn.Module):
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         self.generator = nn.Linear(embedding_dim, chunk_dim)
         self.register_buffer("index", torch.arange(num_embeddings), persistent=False)
+        self._no_start_map()
         self.other_names = [name for name in named if name not in self.names]
         self.others = nn.ParameterList([nn.Parameter(named[name].detach().clone()) for name in self.other_names])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = self.generator(self.embedding(self.index)).reshape(-1)
+        flat = self.start_map(self.generator(self.embedding(self.index)).reshape(-1))
         p = dict(zip(self.names, (piece.view(shape) for piece, shape in zip(torch.split(flat, self.split_sizes), self.shapes))))
         p.update(zip(self.other_names, self.others))
         batch, seq, width = x.shape
@@ -126,7 +130,7 @@ def build_all(embedding_dim: int, num_embeddings: int, seed: int = 0) -> Dict[st
     """The hypernetwork and both twins, all with the hypernetwork's initial values."""
     torch.manual_seed(seed)
     model = build_model()
-    hnet = hypernetize(model, embedding_dim=embedding_dim, num_embeddings=num_embeddings, targets=TARGETS, init="default")
+    hnet = hypernetize(model, embedding_dim=embedding_dim, num_embeddings=num_embeddings, targets=TARGETS)
     functional = FunctionalTransformer(model, embedding_dim, num_embeddings)
     same = SameModelTwin(build_model(), embedding_dim, num_embeddings, names=generated_names(model))
     offsets = [0]
@@ -140,6 +144,8 @@ def build_all(embedding_dim: int, num_embeddings: int, seed: int = 0) -> Dict[st
         for twin in (functional, same):
             for name, tensor in named_trained(twin).items():
                 tensor.copy_(reference[name])
+    for twin in (functional, same):
+        copy_start_map(hnet, twin)
     return {"hypernn": hnet, "functional": functional, "same_model": same}
 
 

@@ -9,6 +9,7 @@ on thousands of values).
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -131,6 +132,61 @@ def test_scale_and_shift_are_saved_and_reload_into_a_fresh_hypernetwork():
     fresh.load_state_dict(source.state_dict())  # ... the checkpoint's win
     ids = torch.randint(0, 40, (3, 5))
     assert_close(fresh(ids), source.eval()(ids), rtol=0, atol=0)
+
+
+def uncached_map(affine, raw):
+    """The start map computed from the per-tensor buffers as they are now (no kept vectors)."""
+    offset = affine.base if affine.base is not None else affine.per_element(affine.shift, 0.0)
+    return offset + affine.per_element(affine.scale, 1.0) * raw
+
+
+def test_the_per_element_vectors_are_kept_between_calls_and_remade_when_the_map_changes():
+    hnet = hypernetize(Net(), embedding_dim=8, num_embeddings=16)
+    affine = hnet.output_affine
+    raw = torch.randn(hnet.layout.generated_size)
+    first = affine._vectors()
+    assert all(a is b for a, b in zip(affine._vectors(), first)), "spread again with nothing changed"
+    assert_close(affine(raw), uncached_map(affine, raw), rtol=0, atol=0)
+
+    def check(what):
+        assert_close(affine(raw), uncached_map(affine, raw), rtol=0, atol=0, msg=what)
+
+    with torch.no_grad():
+        affine.scale.mul_(2.0)  # in place: a new version
+    check("after an in-place edit")
+    source = hypernetize(Net(), embedding_dim=8, num_embeddings=16)
+    hnet.load_state_dict(source.state_dict())
+    check("after load_state_dict")
+    hnet.load_state_dict(source.state_dict(), assign=True)
+    check("after load_state_dict(assign=True)")
+    hnet.double()
+    check("after .double()")
+    assert affine._vectors()[0].dtype == torch.float64
+    affine.shift.data.add_(1.0)  # bypasses the version counter ...
+    hnet.clear_generated_cache()  # ... so it is cleared by hand
+    check("after a .data edit and clear_generated_cache()")
+
+
+def test_kept_vectors_serve_autograd_inference_mode_copies_and_functional_call():
+    hnet = hypernetize(Net(), embedding_dim=8, num_embeddings=16)
+    affine = hnet.output_affine
+    with torch.inference_mode():
+        hnet.generate_params()  # inference tensors are not kept ...
+    flat, _ = hnet.generate_params()
+    flat.sum().backward()  # ... so a training call after it can still save its vectors for backward
+    assert hnet.weight_generator.weight.grad is not None
+    for other in (copy.deepcopy(hnet), pickle.loads(pickle.dumps(hnet))):
+        assert not other.output_affine.__dict__["_per_element_cache"].vectors, "copies share the kept vectors"
+        assert_close(other.generate_params()[0], flat)
+    raw = torch.randn(hnet.layout.generated_size)
+    doubled = {"scale": affine.scale * 2, "shift": affine.shift}
+    swapped = torch.func.functional_call(affine, doubled, (raw,))
+    assert_close(swapped, affine.per_element(doubled["shift"], 0.0) + affine.per_element(doubled["scale"], 1.0) * raw)
+    assert_close(affine(raw), uncached_map(affine, raw), rtol=0, atol=0)
+    learned = affine.scale.clone().requires_grad_(True)  # a trained scale gets gradients
+    out = torch.func.functional_call(affine, {"scale": learned, "shift": affine.shift}, (raw,))
+    out.sum().backward()
+    assert learned.grad is not None
 
 
 def test_dynamic_hypernetwork_starts_at_the_init_std_for_any_film_condition():

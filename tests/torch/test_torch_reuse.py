@@ -198,3 +198,39 @@ def test_reused_calls_also_reuse_the_cut_tensors():
         outs = [hnet(x) for _ in range(3)]
     assert len(cuts) == 1
     assert_close(outs[-1], by_hand(hnet, x))
+
+
+def test_reused_calls_empty_the_slots_even_when_the_model_fails_and_restore_low_rank_bases():
+    hnet = make().eval()
+    with torch.no_grad():
+        hnet(torch.randn(2, 4))
+        with pytest.raises(RuntimeError):
+            hnet(torch.randn(2, 5))  # a reused call that fails inside the model
+    assert all(hnet.target_network[i]._parameters[n] is None for i in (0, 2) for n in ("weight", "bias"))
+    adapted = hypernetize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), embedding_dim=3,
+                          num_embeddings=5, low_rank=2).eval()  # fmt: skip
+    bases = [adapted.target_network[i]._parameters["weight"] for i in (0, 2)]
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        outs = [adapted(x) for _ in range(3)]
+    assert [adapted.target_network[i]._parameters["weight"] for i in (0, 2)] == bases  # the frozen W0, back
+    fresh = adapted(x)  # autograd on: generated again
+    for out in outs:
+        assert_close(out, fresh)
+
+
+def test_no_stale_weights_after_a_generating_module_is_replaced_or_the_default_start_map_reloaded():
+    hnet = make().eval()
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        hnet(x)
+        hnet.weight_generator = nn.Linear(3, hnet.layout.chunk_dim)
+        assert_close(hnet(x), by_hand(hnet, x))
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    hyperfan = hypernetize(model, embedding_dim=3, num_embeddings=5).eval()  # the default init: with a start map
+    source = hypernetize(model, embedding_dim=3, num_embeddings=5)
+    with torch.no_grad():
+        hyperfan(x)
+        source.output_affine.scale.mul_(2)
+        hyperfan.load_state_dict(source.state_dict())  # another start map and generator
+        assert_close(hyperfan(x), source(x))  # (source in training mode: never reused)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
@@ -38,7 +37,7 @@ from ...diagnostics import HypernetworkSummary, summarize
 from ...targets import slot_targets, start_targets, start_values
 from . import factories
 from .reuse import GeneratedWeightsCache, can_reuse
-from .swap import ParameterSlots
+from .swap import Binding, FilledSlots, ParameterSlots
 from .introspect import copy_without, param_specs, refresh_derived_state, remove_parameters, untrack_generated_weights
 from .low_rank import Adapted, add_low_rank_slots, compose, merged_weight, remove_low_rank_slots
 from .start import build_output_affine, fold_common_scale, measure, numpy_of
@@ -392,12 +391,16 @@ class HypernetizedModule(nn.Module):
         ``has_aux=True`` (``aux`` is ``{}`` when ``generated_params`` was given).
         """
         if generated_params is None and not generate_params_kwargs and self._reuses_generated_weights():
-            generated_params, aux, tensors = self._generated_cache().get(*self._generating_tensors(), self._generate_all)
-            if type(self).target_forward is HypernetizedModule.target_forward:
-                output = self._run_with_tensors(tensors, args, kwargs)  # the cut tensors are reused too
-            else:
+            generated_params, aux, tensors, bindings = self._generated_cache().get(*self._generating_tensors(),
+                                                                                   self._generate_all)  # fmt: skip
+            if type(self).target_forward is not HypernetizedModule.target_forward:
                 output = self.target_forward(*args, generated_params=generated_params, assert_parameter_shapes=False,
                                              **kwargs)  # fmt: skip
+            elif bindings is not None:  # the cut tensors are reused too, and where they go
+                with FilledSlots(bindings):
+                    output = self._target(*args, **kwargs)
+            else:
+                output = self._run_with_tensors(tensors, args, kwargs)
             return (output, generated_params, aux) if has_aux else output
         return call_hypernetwork(self, args, kwargs, generated_params=generated_params, has_aux=has_aux,
                                  assert_parameter_shapes=assert_parameter_shapes,
@@ -413,20 +416,38 @@ class HypernetizedModule(nn.Module):
         return (self.reuse_generated_weights and type(self).generate_params is HypernetizedModule.generate_params
                 and can_reuse(self))  # fmt: skip
 
-    def _generating_tensors(self) -> Tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]:
+    def _generating_tensors(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """``(parameters, buffers)`` generation may read: all but the target's (except the
-        frozen low-rank ``W0``, which merged weights read)."""
-        modules = [module for name, module in self._modules.items() if name != "target_network" and module is not None]
-        bases = (self._target.get_parameter(item.weight.name) for item in self._adapted)
-        parameters = itertools.chain((p for p in self._parameters.values() if p is not None),
-                                     *(m.parameters() for m in modules), bases)  # fmt: skip
-        buffers = itertools.chain((b for b in self._buffers.values() if b is not None), *(m.buffers() for m in modules))
+        frozen low-rank ``W0``, which merged weights read).
+
+        Read straight from the modules' ``_parameters``/``_buffers``/``_modules`` (what
+        ``parameters()``/``buffers()`` walk, without their name prefixes and tensor
+        de-duplication, which a cache key does not need): this runs on every reused call."""
+        parameters: List[torch.Tensor] = []
+        buffers: List[torch.Tensor] = []
+        stack: List[nn.Module] = [self]
+        seen = set()
+        while stack:
+            module = stack.pop()
+            if id(module) in seen:  # shared (or, pathologically, cyclic) submodules: once
+                continue
+            seen.add(id(module))
+            parameters += [p for p in module._parameters.values() if p is not None]
+            buffers += [b for b in module._buffers.values() if b is not None]
+            children = module._modules
+            if module is self:
+                children = {name: child for name, child in children.items() if name != "target_network"}
+            stack += [child for child in children.values() if child is not None]
+        parameters += [self._target.get_parameter(item.weight.name) for item in self._adapted]
         return parameters, buffers
 
-    def _generate_all(self) -> Tuple[torch.Tensor, Dict[str, Any], Dict[str, torch.Tensor]]:
-        """``(flat, aux, tensors by name)``: what a reused call needs (low-rank weights composed)."""
+    def _generate_all(self) -> Tuple[torch.Tensor, Dict[str, Any], Dict[str, torch.Tensor], Optional[List[Binding]]]:
+        """``(flat, aux, tensors by name, their slot bindings)``: what a reused call needs
+        (low-rank weights composed; bindings ``None`` where the slots are not filled directly)."""
         flat, aux = self.generate_params()
-        return flat, aux, self.target_tensors(flat)
+        tensors = self.target_tensors(flat)
+        bindings = None if self._stateful_owners else self._parameter_slots().bindings(self._target, tensors)
+        return flat, aux, tensors, bindings
 
     def _generated_cache(self) -> GeneratedWeightsCache:
         cache = self.__dict__.get("_generated_weights_cache")
@@ -435,8 +456,11 @@ class HypernetizedModule(nn.Module):
         return cache
 
     def clear_generated_cache(self) -> None:
-        """Forget reused generated weights (needed only after edits through ``param.data``)."""
+        """Forget reused generated weights and the start map's per-element vectors (needed
+        only after edits through ``param.data``)."""
         self._generated_cache().clear()
+        if self.output_affine is not None:
+            self.output_affine.clear_cache()
 
     # ------------------------------------------------------------ the inverse
 

@@ -25,7 +25,7 @@ edit, call :meth:`GeneratedWeightsCache.clear` (``hnet.clear_generated_cache()``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,15 +45,17 @@ def can_reuse(module: nn.Module) -> bool:
 
 
 def _key(parameters: Iterable[torch.Tensor], buffers: Iterable[torch.Tensor]) -> Optional[Tuple[Any, ...]]:
-    key = [torch.is_inference_mode_enabled()]
-    for tensor in parameters:
-        if type(tensor) is not nn.Parameter or tensor.is_inference():
-            return None  # swapped in by functional_call, or without a version counter
-        key.append((id(tensor), tensor._version, tensor.device, tensor.dtype))
-    for tensor in buffers:
-        if tensor.is_inference():
-            return None
-        key.append((id(tensor), tensor._version, tensor.device, tensor.dtype))
+    key: List[Any] = [torch.is_inference_mode_enabled()]
+    append = key.append
+    try:
+        for tensor in parameters:
+            if type(tensor) is not nn.Parameter:
+                return None  # swapped in by functional_call
+            append((id(tensor), tensor._version, tensor.device, tensor.dtype))
+        for tensor in buffers:
+            append((id(tensor), tensor._version, tensor.device, tensor.dtype))
+    except RuntimeError:  # an inference tensor: no version counter
+        return None
     return tuple(key)
 
 

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,6 +39,46 @@ def measure(tensor: torch.Tensor) -> Optional[Tuple[float, float]]:
     return float(values.mean()), float(values.std())
 
 
+class _PerElement:
+    """The per-element ``(scale, shift)`` vectors of the last call and the tensors they came
+    from: spreading the per-tensor values over the flat output (two ``repeat_interleave``)
+    costs more than the map itself, so it is done again only when ``scale`` or ``shift``
+    changes (another tensor: ``.to()``, ``load_state_dict(assign=True)``; or an in-place
+    update, which bumps its version counter: ``load_state_dict``, ``copy_``). Writes through
+    ``.data`` bypass version counters: call :meth:`OutputAffine.clear_cache` after them
+    (``hnet.clear_generated_cache()`` does). Copies and pickles start empty."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.sources: Tuple[Any, ...] = ()
+        self.vectors: Tuple[Optional[torch.Tensor], ...] = ()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"sources": (), "vectors": ()}
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "_PerElement":
+        return _PerElement()
+
+
+def _sources(tensors: Sequence[torch.Tensor]) -> Optional[Tuple[Any, ...]]:
+    """What the per-element vectors of ``tensors`` depend on (the tensors themselves, held so
+    that their ids are not reused, and their versions); ``None`` when they may not be cached:
+    while tracing or compiling, under a torch.func transform, in inference mode (its vectors
+    could not be saved for a later backward), for tensors that require grad (a scale being
+    trained), subclasses (e.g. fake tensors) or inference tensors (no version counter)."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+            or torch.is_inference_mode_enabled()):  # fmt: skip
+        return None
+    key: Tuple[Any, ...] = ()
+    for tensor in tensors:
+        if type(tensor) is not torch.Tensor or tensor.requires_grad or tensor.is_inference():
+            return None
+        key += (tensor, tensor._version)
+    return key
+
+
 class OutputAffine(nn.Module):
     """``flat = (base if warm start else shift) + scale * raw`` on the generator's flat output.
 
@@ -46,6 +86,10 @@ class OutputAffine(nn.Module):
         scale, shift: per generated tensor (buffers, saved with the hypernetwork).
         base: with warm start, the full ``(generated_size,)`` offset (a frozen parameter,
             like PEFT's base weights); else ``None``.
+
+    The per-element vectors spread from ``scale``/``shift`` are kept between calls (two
+    ``(generated_size,)`` vectors, like a hand-written implementation would precompute) and
+    made again when ``scale`` or ``shift`` changes (see :class:`_PerElement`).
     """
 
     def __init__(self, layout: Layout, scales: Sequence[float], shifts: Sequence[float],
@@ -66,9 +110,33 @@ class OutputAffine(nn.Module):
         extended = torch.cat([values, values.new_full((1,), gap)])
         return torch.repeat_interleave(extended[self._piece_slots], self._piece_sizes, output_size=self.generated_size)
 
+    def _vectors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-element ``(scale, shift)`` (shift ``None`` with warm start, which adds ``base``)."""
+        sources = _sources((self.scale, self.shift, self._piece_sizes, self._piece_slots))
+        if sources is not None:
+            sources += (self.base is None,)
+        cache = self.__dict__.get("_per_element_cache")
+        if cache is None:  # (made here, not in __init__, so that older pickled modules get one too)
+            cache = self.__dict__["_per_element_cache"] = _PerElement()
+        if sources is not None and len(sources) == len(cache.sources) and all(
+                a is b if isinstance(a, torch.Tensor) else a == b for a, b in zip(sources, cache.sources)):  # fmt: skip
+            return cache.vectors  # type: ignore[return-value]
+        cache.clear()  # free the old vectors before making new ones
+        vectors = (self.per_element(self.scale, 1.0), None if self.base is not None else self.per_element(self.shift, 0.0))
+        if sources is not None:
+            cache.sources, cache.vectors = sources, vectors
+        return vectors
+
+    def clear_cache(self) -> None:
+        """Forget the per-element vectors (needed only after edits through ``scale.data``)."""
+        cache = self.__dict__.get("_per_element_cache")
+        if cache is not None:
+            cache.clear()
+
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        offset = self.base if self.base is not None else self.per_element(self.shift, 0.0)
-        return offset + self.per_element(self.scale, 1.0) * raw
+        scale, shift = self._vectors()
+        offset = self.base if self.base is not None else shift
+        return offset + scale * raw
 
     def extra_repr(self) -> str:
         return f"{len(self.scale)} tensors, {self.generated_size} values, warm start={self.base is not None}"

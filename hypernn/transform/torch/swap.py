@@ -23,12 +23,41 @@ slots are resolved once per target object.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["ParameterSlots"]
+__all__ = ["FilledSlots", "ParameterSlots"]
+
+#: ``(a module's _parameters, attribute, tensor)``: one slot and what goes into it
+Binding = Tuple[Dict[str, Optional[torch.Tensor]], str, torch.Tensor]
+
+
+class FilledSlots:
+    """``with FilledSlots(bindings):`` writes every tensor into its slot, and back what the
+    slot held (``None``, or a low-rank layer's frozen ``W0``) on exit. One per call; the
+    bindings may be kept: eval-mode reuse keeps them with the generated tensors, so that a
+    reused call does no name lookups."""
+
+    __slots__ = ("bindings", "held")
+
+    def __init__(self, bindings: List[Binding]) -> None:
+        self.bindings = bindings
+        self.held: List[Optional[torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.held = [parameters.get(attribute) for parameters, attribute, _ in self.bindings]
+        try:
+            for parameters, attribute, tensor in self.bindings:
+                parameters[attribute] = tensor
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        for (parameters, attribute, _), value in zip(self.bindings, self.held):
+            parameters[attribute] = value
 
 
 class ParameterSlots:
@@ -46,6 +75,10 @@ class ParameterSlots:
                 slots.append((target.get_submodule(owner)._parameters, attribute, name))
             self._key, self._slots = (target, names), slots
         return self._slots
+
+    def bindings(self, target: nn.Module, tensors: Mapping[str, torch.Tensor]) -> List[Binding]:
+        """``target``'s slots paired with ``tensors`` (by dotted name), for :class:`FilledSlots`."""
+        return [(parameters, attribute, tensors[name]) for parameters, attribute, name in self._resolve(target, tuple(tensors))]
 
     @contextlib.contextmanager
     def filled(self, target: nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
