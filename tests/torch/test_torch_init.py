@@ -389,3 +389,21 @@ def test_on_the_meta_device_the_map_is_a_placeholder_of_the_right_shapes(options
                        num_embeddings=4, **options)  # fmt: skip
     assert hnet.output_affine.scale.is_meta
     assert {k: v.shape for k, v in hnet.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("warm", [False, True], ids=["hyperfan", "warm_start"])
+def test_compiled_start_map_equals_eager(warm):
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    hnet = hypernetize(model, embedding_dim=3, num_embeddings=5, warm_start=warm)  # 5 chunks: the last one has a gap
+    assert hnet.layout.unused > 0
+    x = torch.randn(4, 5)
+    compiled = torch.compile(hnet, fullgraph=True)
+    torch.testing.assert_close(compiled(x), hnet(x))
+    compiled(x).sum().backward()
+    expected = {name: p.grad.clone() for name, p in hnet.named_parameters() if p.grad is not None}
+    hnet.zero_grad()
+    hnet(x).sum().backward()
+    for name, grad in expected.items():
+        torch.testing.assert_close(grad, hnet.get_parameter(name).grad, msg=name)

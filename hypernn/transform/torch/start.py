@@ -102,12 +102,20 @@ class OutputAffine(nn.Module):
         self.register_buffer("_piece_sizes", torch.tensor(sizes, dtype=torch.int64, device=device), persistent=False)
         self.register_buffer("_piece_slots", torch.tensor(slots, dtype=torch.int64, device=device), persistent=False)
         self.generated_size = layout.generated_size
+        self._pieces = tuple(zip(sizes, slots))  # static, for the compiled spread (see per_element)
         base_tensor = None if base is None else nn.Parameter(torch.tensor(base, **placement), requires_grad=False)
         self.register_parameter("base", base_tensor)
 
     def per_element(self, values: torch.Tensor, gap: float) -> torch.Tensor:
-        """A per-tensor vector spread over the flat output (``gap`` in unused places)."""
+        """A per-tensor vector spread over the flat output (``gap`` in unused places).
+
+        Eagerly one ``repeat_interleave``; while compiling, one broadcast per piece of the
+        layout (static sizes), which the compiler fuses into the map's kernel instead of
+        running ``repeat_interleave`` (a data-dependent op it cannot fuse) every step."""
         extended = torch.cat([values, values.new_full((1,), gap)])
+        pieces = getattr(self, "_pieces", None)  # (older pickled modules have none)
+        if torch.compiler.is_compiling() and pieces is not None:
+            return torch.cat([extended[slot].expand(size) for size, slot in pieces])
         return torch.repeat_interleave(extended[self._piece_slots], self._piece_sizes, output_size=self.generated_size)
 
     def _vectors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
