@@ -20,26 +20,29 @@ Two target models (workloads), batch 256, in flax layout:
 Implementations of the same math; one step is forward, loss, gradient and an
 ``optax.adam`` update:
 
-* ``linen``: the linen dynamic hypernetwork, ``hnet.apply`` inside one ``jax.jit`` step
-  over its params (the same step wrapper as ``hand``);
+* ``linen``: the linen dynamic hypernetwork (default ``init="hyperfan"``), ``hnet.apply``
+  inside one ``jax.jit`` step over its params (the same step wrapper as ``hand``), its
+  ``"hypernn"`` collection (the start map, made by ``hnet.init`` next to ``params``) closed
+  over as a constant, like the NNX rows' non-``Param`` state;
 * ``nnx`` (pure): the NNX dynamic hypernetwork, ``nnx.split`` once, then the same
   ``jax.jit`` step over the ``nnx.Param`` State with ``nnx.merge`` inside;
 * ``nnx_jit`` (informational): the NNX-tutorial style, ``nnx.jit`` over ``(model,
   nnx.Optimizer)`` with ``nnx.value_and_grad`` (pays NNX's Python graph traversal per call);
-* ``hand``: a hand-written pure function: the same embedding table, FiLM and generator
-  (initial values copied from the linen hypernetwork), one ``jnp.split`` of the ``(B, G)`` vector
-  at the layout offsets (re-derived here from the layer sizes and checked against
-  hypernn's layout), ``jnp.einsum("bi,bio->bo")`` for Dense and one grouped convolution
+* ``hand``: the linen rows' baseline, a hand-written pure function: the same embedding
+  table, FiLM and generator (initial values copied from the linen hypernetwork), the
+  hyperfan start map (below), one ``jnp.split`` of the ``(B, G)`` vector at the layout
+  offsets (re-derived here from the layer sizes and checked against hypernn's layout),
+  ``jnp.einsum("bi,bio->bo")`` for Dense and one grouped convolution
   (``feature_group_count=B``; ``--hand-conv vmap``: ``jax.vmap`` of
-  ``lax.conv_general_dilated``, the same HLO) for Conv. Target: hypernn at most 1.2x its time;
-* ``hand_hyperfan``: the NNX rows' baseline. The NNX hypernetwork uses the default
-  ``init="hyperfan"``: a fixed per-tensor affine map after the generator (``flat = shift +
-  scale * raw``, hypernn/init.py; hyperfan's common scale folded into the generator). This
-  is ``hand`` with that map written by hand (per-element scale and shift vectors built once
-  from the NNX hypernetwork's per-tensor values, closed over like the NNX hypernetwork's own
-  map) and the NNX hypernetwork's initial values (its FiLM given the linen one's values).
-  The linen hypernetwork keeps ``init="default"`` (no map) for now, while its start map
-  moves into a variable collection of its own;
+  ``lax.conv_general_dilated``, the same HLO) for Conv. Target: hypernn at most 1.2x its time.
+  Both hypernetworks use the default ``init="hyperfan"``: a fixed per-tensor affine map
+  after the generator (``flat = shift + scale * raw``, hypernn/init.py; hyperfan's common
+  scale folded into the generator). The twins write it by hand: per-element scale and
+  shift vectors built once, outside the step, from the hypernetwork's per-tensor values
+  (here linen's ``variables["hypernn"]["start"]``), closed over as constants like the
+  hypernetworks' own maps;
+* ``hand_hyperfan``: the NNX rows' baseline: ``hand`` with the NNX hypernetwork's start map
+  (``hnet.output_affine``) and initial values (its FiLM given the linen one's values);
 * ``hand_im2col`` (informational, models with a Conv): the same, but each Conv as patches
   (``lax.conv_general_dilated_patches``) and one batched matmul. On XLA:CPU the kernel
   gradient of a grouped convolution (a ``batch_group_count=B`` convolution) is expanded
@@ -141,9 +144,9 @@ HYPERNETS = ("linen", "nnx")
 #: the hypernetwork each row is compared with in the "hypernn speedup" column
 REFERENCE = {"linen": "linen", "linen_loop": "linen", "nnx": "nnx", "nnx_jit": "nnx", "nnx_loop": "nnx"}
 #: the hand-written baseline of each row ("vs hand" column, targets): the NNX rows' has the
-#: NNX hypernetwork's hyperfan start map; the others' (and the linen hypernetwork) have none
+#: NNX hypernetwork's start map and values; the others' ("hand") the linen hypernetwork's
 BASELINES = {"nnx": "hand_hyperfan", "nnx_jit": "hand_hyperfan", "nnx_loop": "hand_hyperfan"}
-LABELS = {"hand": "hand-written", "hand_hyperfan": "hand-written + hyperfan", "hand_im2col": "hand-written (im2col)",
+LABELS = {"hand": "hand-written (linen)", "hand_hyperfan": "hand-written (NNX)", "hand_im2col": "hand-written (im2col)",
           "linen": "linen hypernn",
           "linen_loop": "linen python loop", "nnx": "nnx hypernn (pure)", "nnx_jit": "nnx hypernn (nnx.jit)",
           "nnx_loop": "nnx python loop"}  # fmt: skip
@@ -335,25 +338,24 @@ def make_hand_forward(workload: Workload, layout: HandLayout, conv: str = "group
 # ---------------------------------------------------------------- the hypernetworks
 
 
-def build_linen(workload: Workload, seed: int = 0) -> Tuple[nn.Module, Params]:
-    """The linen dynamic hypernetwork and its params, FiLM given small random values.
-
-    ``init="default"`` (no start map): linen's hyperfan map is moving into a variable
-    collection of its own (not ``params``), so the twin would read it from there; until
-    then the linen rows measure the map-free configuration (see the module doc)."""
+def build_linen(workload: Workload, seed: int = 0) -> Tuple[nn.Module, Params, Dict]:
+    """The linen dynamic hypernetwork (default ``init="hyperfan"``), its params (FiLM given
+    small random values) and its other collections: the start map, ``{"hypernn": {"start":
+    {"scale", "shift"}}}`` (constants, not trained)."""
     hnet = hypernetize(LinenTarget(workload.layers), embedding_dim=workload.embedding_dim,
-                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim, init="default")  # fmt: skip
+                       num_embeddings=workload.num_embeddings, condition_dim=workload.condition_dim)  # fmt: skip
     x = jnp.zeros((2, *workload.input_shape))
     c = jnp.zeros((2, workload.condition_dim))
     variables = hnet.init(jax.random.key(seed), x, condition=c)
-    assert set(variables) == {"params"}, set(variables)
+    assert set(variables) == {"params", "hypernn"}, set(variables)
+    assert set(variables["hypernn"]) == {"start"}, "only the start map is written in the twin (no warm start, low rank)"
     params = jax.tree.map(jnp.array, variables["params"])
     assert set(params) == {"condition_module", "embedding_module", "weight_generator"}, set(params)
     film = params["condition_module"]["to_scale_shift"]
     k1, k2 = jax.random.split(jax.random.key(seed + 100))
     film["kernel"] = FILM_STD * jax.random.normal(k1, film["kernel"].shape)
     film["bias"] = FILM_STD * jax.random.normal(k2, film["bias"].shape)
-    return hnet, params
+    return hnet, params, {"hypernn": variables["hypernn"]}
 
 
 def build_nnx(workload: Workload, params: Params, seed: int = 0) -> nnx.Module:
@@ -371,15 +373,10 @@ def build_nnx(workload: Workload, params: Params, seed: int = 0) -> nnx.Module:
     return hnet
 
 
-def nnx_start_map(hnet: nnx.Module, split_sizes: Sequence[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """The NNX hypernetwork's start map (``hnet.output_affine``: per-tensor ``scale``/``shift``
-    in layout order) as per-element vectors over ``split_sizes`` (the surplus: scale 1, shift
-    0); ``None`` without a map."""
-    affine = hnet.output_affine
-    if affine is None:
-        return None
-    assert affine.base is None, "warm start (a full base vector) is not written in the twin"
-    scales, shifts = np.asarray(affine.scale[...]), np.asarray(affine.shift[...])
+def start_vectors(scales: Any, shifts: Any, split_sizes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-tensor ``scales``/``shifts`` (layout order) as per-element vectors over
+    ``split_sizes`` (the surplus: scale 1, shift 0)."""
+    scales, shifts = np.asarray(scales), np.asarray(shifts)
     extra = len(split_sizes) - len(scales)
     assert extra in (0, 1), (len(split_sizes), len(scales))
     scale = np.repeat(np.concatenate([scales, np.ones(extra, scales.dtype)]), split_sizes)
@@ -387,8 +384,27 @@ def nnx_start_map(hnet: nnx.Module, split_sizes: Sequence[int]) -> Optional[Tupl
     return scale, shift
 
 
-def linen_forward(hnet: nn.Module) -> Callable:
-    return lambda params, x, condition: hnet.apply({"params": params}, x, condition=condition)
+def linen_start_map(constants: Dict, split_sizes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The linen hypernetwork's start map (``constants["hypernn"]["start"]``) as per-element
+    vectors over ``split_sizes``."""
+    start = constants["hypernn"]["start"]
+    return start_vectors(start["scale"], start["shift"], split_sizes)
+
+
+def nnx_start_map(hnet: nnx.Module, split_sizes: Sequence[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The NNX hypernetwork's start map (``hnet.output_affine``: per-tensor ``scale``/``shift``
+    in layout order) as per-element vectors over ``split_sizes``; ``None`` without a map."""
+    affine = hnet.output_affine
+    if affine is None:
+        return None
+    assert affine.base is None, "warm start (a full base vector) is not written in the twin"
+    return start_vectors(affine.scale[...], affine.shift[...], split_sizes)
+
+
+def linen_forward(hnet: nn.Module, constants: Dict) -> Callable:
+    """``forward(params, x, condition)``: ``hnet.apply`` with the other collections (the
+    start map) closed over, like the NNX forward's non-``Param`` state and the twins' vectors."""
+    return lambda params, x, condition: hnet.apply({**constants, "params": params}, x, condition=condition)
 
 
 def nnx_pure_forward(hnet: nnx.Module) -> Tuple[Callable, nnx.State]:
@@ -566,6 +582,7 @@ class Setup:
     workload: Workload
     layout: Any  # hypernn's (linen) layout
     params: Params  # initial values (linen params tree), FiLM randomised
+    linen_constants: Dict  # the linen hypernetwork's other collections: {"hypernn": {"start": ...}}
     hyperfan_params: Params  # the NNX hypernetwork's initial values, as a plain dict (the same tree)
     forwards: Dict[str, Callable]  # "hand", "hand_hyperfan", ["hand_im2col", "hand_hyperfan_im2col"], "linen", "nnx"
     nnx_params: nnx.State
@@ -582,7 +599,7 @@ def has_conv(workload: Workload) -> bool:
 
 def build_setup(workload: Workload, hand_conv: str = "grouped") -> Setup:
     """Build both hypernetworks (same initial values) and the hand-written forwards; check the layouts."""
-    linen_hnet, params = build_linen(workload)
+    linen_hnet, params, linen_constants = build_linen(workload)
     hand_layout = HandLayout(workload)
     expected = list(zip(hand_layout.offsets, hand_layout.shapes))
     layout = linen_hnet.layout
@@ -596,17 +613,19 @@ def build_setup(workload: Workload, hand_conv: str = "grouped") -> Setup:
 
     reference = fresh_nnx()
     start = nnx_start_map(reference, hand_layout.split_sizes)
+    linen_start = linen_start_map(linen_constants, hand_layout.split_sizes)
     hyperfan_params = as_plain(nnx.state(reference, nnx.Param))
     nnx_forward, nnx_params = nnx_pure_forward(reference)
-    forwards = {"hand": make_hand_forward(workload, hand_layout, hand_conv),
+    forwards = {"hand": make_hand_forward(workload, hand_layout, hand_conv, linen_start),
                 "hand_hyperfan": make_hand_forward(workload, hand_layout, hand_conv, start),
-                "linen": linen_forward(linen_hnet), "nnx": nnx_forward}  # fmt: skip
+                "linen": linen_forward(linen_hnet, linen_constants), "nnx": nnx_forward}  # fmt: skip
     if has_conv(workload) and hand_conv != "im2col":
-        forwards["hand_im2col"] = make_hand_forward(workload, hand_layout, "im2col")
+        forwards["hand_im2col"] = make_hand_forward(workload, hand_layout, "im2col", linen_start)
         forwards["hand_hyperfan_im2col"] = make_hand_forward(workload, hand_layout, "im2col", start)
     tx, loss = make_optimizer(), loss_fn(workload)
     steps = {name: make_pure_step(forward, tx, loss) for name, forward in forwards.items()}  # jitted lazily
-    return Setup(workload, layout, params, hyperfan_params, forwards, nnx_params, linen_hnet, fresh_nnx, tx, loss, steps)
+    return Setup(workload, layout, params, linen_constants, hyperfan_params, forwards, nnx_params, linen_hnet, fresh_nnx,
+                 tx, loss, steps)  # fmt: skip
 
 
 def make_runner(setup: Setup, name: str):
@@ -621,7 +640,7 @@ def make_runner(setup: Setup, name: str):
     if name == "nnx_jit":
         return NNXJitRunner(setup.fresh_nnx(), setup.loss)
     if name == "linen_loop":
-        return LoopRunner(linen_forward(setup.linen_hnet), setup.params, setup.tx, setup.loss)
+        return LoopRunner(linen_forward(setup.linen_hnet, setup.linen_constants), setup.params, setup.tx, setup.loss)
     if name == "nnx_loop":
         forward, params = nnx_plain_forward(setup.fresh_nnx())
         return LoopRunner(forward, params, setup.tx, setup.loss)
@@ -894,7 +913,7 @@ def report(result: Dict) -> str:
                      f"{_mib(mem[name]['total']):>13} {steps[name]:>11}"
                      + (f" {_mib(rss[name]):>15}" if rss else ""))  # fmt: skip
     lines.append(f"  ({result['clock']} time, median of {result['rounds']} interleaved rounds{loop_note}; "
-                 f"vs hand: vs {LABELS['hand_hyperfan']} for the NNX rows)")  # fmt: skip
+                 f"vs hand: vs {LABELS['hand_hyperfan']} for the NNX rows, {LABELS['hand']} for the others)")  # fmt: skip
     for name in ("linen", "nnx", "nnx_jit", "hand_im2col", "hand_hyperfan"):
         if name not in result["ratio_vs_hand"]:
             continue

@@ -9,15 +9,17 @@ plus bias, one ``jnp.split`` of the flat vector at fixed offsets (computed here 
 layer sizes in flax's parameter order, ``bias`` before ``kernel``; checked against
 hypernn's layout), reshapes, and ``x @ kernel + bias`` with ``relu``.
 
-The NNX hypernetwork uses the default ``init="hyperfan"``: a fixed per-tensor affine map
+Both hypernetworks use the default ``init="hyperfan"``: a fixed per-tensor affine map
 after the generator (``flat = shift + scale * raw``, hypernn/init.py), with hyperfan's
-common scale folded into the generator. Its baseline, ``hand_hyperfan``, is the same
-hand-written function with that map written by hand (per-element scale and shift vectors
-built once from the NNX hypernetwork's per-tensor values, closed over like the NNX
-hypernetwork's own map) and the NNX hypernetwork's initial values. The linen
-hypernetwork keeps ``init="default"`` (no map) for now, while its start map moves into a
-variable collection of its own; its baseline, ``hand``, has no map and the linen
-hypernetwork's initial values.
+common scale folded into the generator. Each has its own baseline, the same hand-written
+function with that hypernetwork's map written by hand (per-element scale and shift vectors
+built once, outside the step, from its per-tensor values) and its initial values:
+``hand`` for linen (the scale and shift of ``variables["hypernn"]["start"]``, the
+collection ``hnet.init`` makes next to ``params``) and ``hand_hyperfan`` for NNX
+(``hnet.output_affine``). The hypernetworks' maps and the twins' vectors are all closed over
+as constants of the jitted step: linen's ``"hypernn"`` collection by the ``apply`` closure
+(``hnet.apply({"params": params, "hypernn": ...}, x)``), NNX's with the non-``Param``
+state that ``nnx.split`` leaves out of the trained State.
 
 One step is: forward, softmax cross-entropy (``optax``, integer labels, mean), gradient,
 ``optax.adam`` update, all under one ``jax.jit`` (same step wrapper for every row).
@@ -132,17 +134,16 @@ def sample_input() -> jax.Array:
     return jnp.zeros((1, SIZES[0]), jnp.float32)
 
 
-def build_linen_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0) -> Tuple[nn.Module, Params]:
-    """``hypernetize`` the linen MLP (every parameter generated); ``(hnet, params)``.
-
-    ``init="default"`` (no start map): linen's hyperfan map is moving into a variable
-    collection of its own (not ``params``), so the twin would read it from there; until
-    then the linen row measures the map-free configuration (see the module doc)."""
+def build_linen_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0) -> Tuple[nn.Module, Params, Dict]:
+    """``hypernetize`` the linen MLP (every parameter generated; default ``init="hyperfan"``);
+    ``(hnet, params, constants)``, ``constants`` the other collections ``init`` made: the
+    start map, ``{"hypernn": {"start": {"scale", "shift"}}}`` (not trained)."""
     hnet = hypernetize(LinenMLP(), embedding_dim=embedding_dim, num_embeddings=num_embeddings,
-                       example_inputs=(sample_input(),), init="default")  # fmt: skip
+                       example_inputs=(sample_input(),))  # fmt: skip
     variables = hnet.init(jax.random.key(seed), sample_input())
-    assert set(variables) == {"params"} and set(variables["params"]) == {"embedding_module", "weight_generator"}
-    return hnet, variables["params"]
+    assert set(variables) == {"params", "hypernn"} and set(variables["params"]) == {"embedding_module", "weight_generator"}
+    assert set(variables["hypernn"]) == {"start"}, "only the start map is written in the twin (no warm start, low rank)"
+    return hnet, variables["params"], {"hypernn": variables["hypernn"]}
 
 
 def build_nnx_hypernet(embedding_dim: int, num_embeddings: int, seed: int = 0) -> nnx.Module:
@@ -180,6 +181,14 @@ def start_map_vectors(split_sizes: Sequence[int], scales: Sequence[float], shift
     scale = np.repeat(np.asarray([*scales] + [1.0] * extra, dtype), split_sizes)
     shift = np.repeat(np.asarray([*shifts] + [0.0] * extra, dtype), split_sizes)
     return scale, shift
+
+
+def linen_start_map(constants: Dict, split_sizes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The linen hypernetwork's start map (``constants["hypernn"]["start"]``: per-tensor
+    ``scale``/``shift`` in layout order) as per-element vectors over ``split_sizes``."""
+    start = constants["hypernn"]["start"]
+    scale, shift = np.asarray(start["scale"]), np.asarray(start["shift"])
+    return start_map_vectors(split_sizes, scale.tolist(), shift.tolist(), scale.dtype)
 
 
 def nnx_start_map(hnet: nnx.Module, split_sizes: Sequence[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -225,7 +234,8 @@ def make_hand_forward(layout: HandLayout, start: Optional[Tuple[np.ndarray, np.n
 
 
 def hand_params_from_linen(params: Params) -> Params:
-    """The baseline's params: the linen hypernetwork's embedding table and generator."""
+    """The ``hand`` baseline's params: the linen hypernetwork's embedding table and
+    generator (hyperfan's common scale folded in)."""
     return jax.tree.map(jnp.array, as_hand_tree(params))
 
 
@@ -285,8 +295,10 @@ def pure_runner(step, params: Params, opt_state: Any) -> Tuple[Runner, Callable[
     return run, lambda: state["params"]
 
 
-def linen_forward(hnet: nn.Module) -> Callable[[Params, jax.Array], jax.Array]:
-    return lambda params, x: hnet.apply({"params": params}, x)
+def linen_forward(hnet: nn.Module, constants: Dict) -> Callable[[Params, jax.Array], jax.Array]:
+    """``forward(params, x)``: ``hnet.apply`` with the other collections (the start map)
+    closed over, like the NNX forward's non-``Param`` state and the twins' vectors."""
+    return lambda params, x: hnet.apply({**constants, "params": params}, x)
 
 
 def nnx_pure_forward(hnet: nnx.Module) -> Tuple[Callable[[Params, jax.Array], jax.Array], Params]:
@@ -478,7 +490,7 @@ def benchmark_config(
     clock: str = "cpu", inspect: bool = False,
 ) -> Dict:  # fmt: skip
     """Check equivalence, then time every implementation interleaved; return the results."""
-    linen_hnet, linen_params = build_linen_hypernet(embedding_dim, num_embeddings)
+    linen_hnet, linen_params, linen_constants = build_linen_hypernet(embedding_dim, num_embeddings)
     layout = linen_hnet.layout
     hand_layout = HandLayout(num_embeddings)
     expected = list(zip(hand_layout.offsets, hand_layout.shapes))
@@ -496,16 +508,17 @@ def benchmark_config(
         return jax.tree.map(jnp.array, tree)
 
     tx = make_optimizer()
-    # two hand-written baselines: "hand" (no map, linen's values) and, with an NNX row,
-    # "hand_hyperfan" (the NNX hypernetwork's start map and values); each row's baseline:
+    # two hand-written baselines: "hand" (the linen hypernetwork's start map and values) and,
+    # with an NNX row, "hand_hyperfan" (the NNX hypernetwork's start map and values); each row's baseline:
     baselines = {"linen": "hand", **{f"nnx_{style}": "hand_hyperfan" for style in nnx_styles}}
-    hand_forwards = {"hand": (make_hand_forward(hand_layout), hand_params)}
+    hand_forwards = {"hand": (make_hand_forward(hand_layout, linen_start_map(linen_constants, hand_layout.split_sizes)),
+                              hand_params)}  # fmt: skip
     if nnx_styles:
         nnx_reference = fresh_nnx()
         hand_forwards["hand_hyperfan"] = (make_hand_forward(hand_layout, nnx_start_map(nnx_reference, hand_layout.split_sizes)),
                                           hand_params_from_nnx(nnx_reference))  # fmt: skip
     hand_steps = {name: make_pure_step(forward, tx) for name, (forward, _) in hand_forwards.items()}
-    linen_step, linen_loss = make_pure_step(linen_forward(linen_hnet), tx)
+    linen_step, linen_loss = make_pure_step(linen_forward(linen_hnet, linen_constants), tx)
 
     def pure_loss_grad(loss_fn, params, to_hand=lambda t: t):
         def loss_grad(batch):
@@ -604,10 +617,10 @@ def report(result: Dict) -> str:
         lines.append(f"  equivalence {name}: loss {check['loss']:.6f} equal to hand-written, "
                      f"max |grad diff| {check['max_abs_grad_diff']:.2e}, params equal after 3 Adam steps")  # fmt: skip
     memory = {name: f"{nbytes / 2**20:.2f} MiB" for name, nbytes in result["xla_memory_bytes"].items()}
-    lines.append(f"  hand-written {med['hand']:8.3f} ms/step ({result['clock']} time, median of {result['rounds']} "
-                 f"rounds x {result['steps_per_round']} steps)")  # fmt: skip
+    lines.append(f"  hand-written with linen's start map (linen row's baseline) {med['hand']:8.3f} ms/step "
+                 f"({result['clock']} time, median of {result['rounds']} rounds x {result['steps_per_round']} steps)")  # fmt: skip
     if "hand_hyperfan" in med:
-        lines.append(f"  hand-written with the hyperfan start map (NNX rows' baseline) {med['hand_hyperfan']:8.3f} ms/step")
+        lines.append(f"  hand-written with NNX's start map (NNX rows' baseline) {med['hand_hyperfan']:8.3f} ms/step")
     lines.append("  XLA step memory (temp + argument + output, memory_analysis): "
                  + ", ".join(f"{name} {value}" for name, value in memory.items()))
     for name, row in result["rows"].items():

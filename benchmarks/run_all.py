@@ -111,9 +111,9 @@ def torch_mlp_rows(results: List[Dict]) -> List[Dict]:
     return out
 
 
-#: the JAX scripts' hand-written baselines, by key
-BASELINE_LABELS = {"hand": "hand-written pure function, jax.jit",
-                   "hand_hyperfan": "hand-written pure function with the hyperfan start map, jax.jit"}  # fmt: skip
+#: the JAX scripts' hand-written baselines, by key: each with one hypernetwork's values and start map
+BASELINE_LABELS = {"hand": "hand-written pure function with linen's start map, jax.jit",
+                   "hand_hyperfan": "hand-written pure function with NNX's start map, jax.jit"}  # fmt: skip
 
 
 def jax_mlp_rows(results: List[Dict]) -> List[Dict]:
@@ -123,7 +123,7 @@ def jax_mlp_rows(results: List[Dict]) -> List[Dict]:
     for r in results:
         med, memory = r["median_ms_per_step"], r.get("xla_memory_bytes", {})
         for name, data in r["rows"].items():
-            baseline = data.get("baseline", "hand")  # NNX rows: the twin with the hyperfan start map
+            baseline = data.get("baseline", "hand")  # linen: the twin with linen's start map; NNX rows: NNX's
             out.append(row(f"static MLP step, JAX jit (D={r['embedding_dim']}, E={r['num_embeddings']})",
                            labels.get(name, name), BASELINE_LABELS.get(baseline, baseline), data["ratio"],
                            data["per_round_ratios"], med[name], med[baseline], 1.05, "<=", memory.get(name),
@@ -161,8 +161,8 @@ def jax_dynamic_rows(results: List[Dict]) -> List[Dict]:
             if name.startswith("hand") or name.endswith("_loop"):  # other baselines; the loops: speedup rows
                 continue
             target = 1.2 if name in ("linen", "nnx") else None
-            baseline = r.get("baselines", {}).get(name, "hand")  # NNX rows: the twin with the hyperfan start map
-            hand = f"hand-written batched (einsum{conv}){' with the hyperfan start map' if 'hyperfan' in baseline else ''}"
+            baseline = r.get("baselines", {}).get(name, "hand")  # linen: the twin with linen's start map; NNX rows: NNX's
+            hand = f"hand-written batched (einsum{conv}) with {'NNX' if 'hyperfan' in baseline else 'linen'}'s start map"
             out.append(row(workload, labels.get(name, name), f"{hand}, jax.jit", ratio,
                            r.get("per_round_ratio_vs_hand", {}).get(name, ()), med.get(name), med.get(baseline), target,
                            "<=", memory.get(name), memory.get(baseline), "XLA"))  # fmt: skip
