@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..init import piece_slots
 from ..layout import Layout
@@ -32,9 +33,22 @@ def per_element(values: jax.Array, layout: Layout, gap: float) -> jax.Array:
 
 
 def start_map(raw: jax.Array, layout: Layout, scale: jax.Array, shift: jax.Array, base: Optional[jax.Array] = None) -> jax.Array:
-    """``(base if given else shift) + scale * raw`` per slot; leading (per-sample) dims kept."""
-    offset = base if base is not None else per_element(shift, layout, 0.0)
-    return (offset + per_element(scale, layout, 1.0) * raw).astype(raw.dtype)
+    """``(base if given else shift) + scale * raw`` per slot (unused places unchanged);
+    leading (per-sample) dims kept.
+
+    Written piece by piece (each slot's slice times its own scalar), so that XLA fuses the
+    map into whatever consumes each generated tensor: no full-size scale or shift vector is
+    built inside a jitted step."""
+    sizes, slots = piece_slots(layout)
+    cuts = np.cumsum(sizes)[:-1]
+    parts = jnp.split(raw, cuts, axis=-1)  # one split (its transpose is one concatenate), not a slice each
+    bases = jnp.split(base, cuts) if base is not None else [None] * len(parts)
+    count, pieces = len(layout.slots), []
+    for part, start, slot in zip(parts, bases, slots):
+        if slot < count:
+            part = (start if start is not None else shift[slot]) + scale[slot] * part
+        pieces.append(part)
+    return jnp.concatenate(pieces, axis=-1).astype(raw.dtype)
 
 
 def warm_base(layout: Layout, raw: jax.Array, scales: Sequence[float], shifts: Sequence[float],
