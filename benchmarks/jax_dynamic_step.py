@@ -129,6 +129,7 @@ from jax import lax
 
 from hypernn import hypernetize
 from common import CLOCKS, check_round_args, write_json
+from jax_start_twin import linen_start_map, nnx_start_map
 
 TARGET_RATIO = 1.2  # hypernn / hand-written, at most
 TARGET_SPEEDUP = 10.0  # loop / hypernn, at least
@@ -373,32 +374,10 @@ def build_nnx(workload: Workload, params: Params, seed: int = 0) -> nnx.Module:
     return hnet
 
 
-def start_vectors(scales: Any, shifts: Any, split_sizes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-tensor ``scales``/``shifts`` (layout order) as per-element vectors over
-    ``split_sizes`` (the surplus: scale 1, shift 0)."""
-    scales, shifts = np.asarray(scales), np.asarray(shifts)
-    extra = len(split_sizes) - len(scales)
-    assert extra in (0, 1), (len(split_sizes), len(scales))
-    scale = np.repeat(np.concatenate([scales, np.ones(extra, scales.dtype)]), split_sizes)
-    shift = np.repeat(np.concatenate([shifts, np.zeros(extra, shifts.dtype)]), split_sizes)
-    return scale, shift
 
 
-def linen_start_map(constants: Dict, split_sizes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """The linen hypernetwork's start map (``constants["hypernn"]["start"]``) as per-element
-    vectors over ``split_sizes``."""
-    start = constants["hypernn"]["start"]
-    return start_vectors(start["scale"], start["shift"], split_sizes)
 
 
-def nnx_start_map(hnet: nnx.Module, split_sizes: Sequence[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """The NNX hypernetwork's start map (``hnet.output_affine``: per-tensor ``scale``/``shift``
-    in layout order) as per-element vectors over ``split_sizes``; ``None`` without a map."""
-    affine = hnet.output_affine
-    if affine is None:
-        return None
-    assert affine.base is None, "warm start (a full base vector) is not written in the twin"
-    return start_vectors(affine.scale[...], affine.shift[...], split_sizes)
 
 
 def linen_forward(hnet: nn.Module, constants: Dict) -> Callable:

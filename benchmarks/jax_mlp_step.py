@@ -84,6 +84,7 @@ from flax import nnx
 
 from hypernn import hypernetize
 from common import CLOCKS, check_round_args, write_json
+from jax_start_twin import linen_start_map, nnx_start_map
 
 TARGET_RATIO = 1.05
 SIZES = (784, 256, 256, 10)
@@ -172,34 +173,10 @@ class HandLayout:
         self.boundaries = tuple(np.cumsum(self.split_sizes)[:-1].tolist())  # jnp.split indices
 
 
-def start_map_vectors(split_sizes: Sequence[int], scales: Sequence[float], shifts: Sequence[float],
-                      dtype: Any = np.float32) -> Tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Per-element ``(scale, shift)`` vectors over a flat vector cut at ``split_sizes``: tensor
-    ``i`` gets ``scales[i]``/``shifts[i]``, the unused surplus (a last extra size) scale 1, shift 0."""
-    extra = len(split_sizes) - len(scales)
-    assert extra in (0, 1) and len(scales) == len(shifts), (len(split_sizes), len(scales), len(shifts))
-    scale = np.repeat(np.asarray([*scales] + [1.0] * extra, dtype), split_sizes)
-    shift = np.repeat(np.asarray([*shifts] + [0.0] * extra, dtype), split_sizes)
-    return scale, shift
 
 
-def linen_start_map(constants: Dict, split_sizes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """The linen hypernetwork's start map (``constants["hypernn"]["start"]``: per-tensor
-    ``scale``/``shift`` in layout order) as per-element vectors over ``split_sizes``."""
-    start = constants["hypernn"]["start"]
-    scale, shift = np.asarray(start["scale"]), np.asarray(start["shift"])
-    return start_map_vectors(split_sizes, scale.tolist(), shift.tolist(), scale.dtype)
 
 
-def nnx_start_map(hnet: nnx.Module, split_sizes: Sequence[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """The NNX hypernetwork's start map (``hnet.output_affine``: per-tensor ``scale``/``shift``
-    in layout order) as per-element vectors over ``split_sizes``; ``None`` without a map."""
-    affine = hnet.output_affine
-    if affine is None:
-        return None
-    assert affine.base is None, "warm start (a full base vector) is not written in the twin"
-    return start_map_vectors(split_sizes, np.asarray(affine.scale[...]).tolist(), np.asarray(affine.shift[...]).tolist(),
-                             np.asarray(affine.scale[...]).dtype)  # fmt: skip
 
 
 def make_hand_forward(layout: HandLayout, start: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -209,7 +186,7 @@ def make_hand_forward(layout: HandLayout, start: Optional[Tuple[np.ndarray, np.n
     ``params``: ``{"embedding": (E, D), "generator": {"kernel": (D, C), "bias": (C,)}}``
     (the same leaf order as the linen hypernetwork's params, so the two jitted steps
     take and return their arrays in the same order). ``start``: per-element ``(scale,
-    shift)`` vectors of a start map (:func:`start_map_vectors`), closed over as constants,
+    shift)`` vectors of a start map (:func:`jax_start_twin.start_vectors`), closed over as constants,
     applied as ``shift + scale * raw``; ``None``: no map.
     """
     scale, shift = (None, None) if start is None else (jnp.asarray(start[0]), jnp.asarray(start[1]))

@@ -56,7 +56,8 @@ import optax
 
 from hypernn import hypernetize
 from common import add_round_args, check_round_args, format_rows, interleaved_times, make_row, write_json
-from jax_mlp_step import as_hand_tree, assert_trees_close, linen_start_map
+from jax_mlp_step import as_hand_tree, assert_trees_close
+from jax_start_twin import linen_start_map
 
 TARGET_RATIO = 1.15
 DEPTH, WIDTH, BATCH = 48, 64, 32

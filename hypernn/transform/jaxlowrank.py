@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from ..lowrank import LowRankWeight
 from .jaxstart import merged_kernel
 
-__all__ = ["FactoredDot", "Factors", "split_low_rank"]
+__all__ = ["FactoredDot", "Factors", "runs_factored", "split_low_rank"]
 
 #: ``(scale * A, B)`` of one adapted kernel
 Factors = Tuple[jax.Array, jax.Array]
@@ -57,6 +57,15 @@ class FactoredDot:
         a, b = self.a.astype(rhs.dtype), self.b.astype(rhs.dtype)
         delta = jnp.matmul(jnp.matmul(lhs, b.T, precision=precision), a.T, precision=precision)
         return out + delta.astype(out.dtype)
+
+
+def runs_factored(weight: LowRankWeight, spec: Any, layer: type) -> bool:
+    """Whether ``weight`` (of parameter ``spec``) runs factored: the 2-D kernel, used once, of
+    a ``layer`` (``nn.Dense`` or ``nnx.Linear``) or a subclass that keeps its call."""
+    chain = spec.module_chains[0] if spec.module_chains else ()
+    owner = chain[-1][1] if chain else object
+    own_call = isinstance(owner, type) and issubclass(owner, layer) and owner.__call__ is layer.__call__
+    return own_call and not weight.aliases and len(weight.shape) == 2
 
 
 def split_low_rank(tensors: Mapping[str, jax.Array], weights: Sequence[LowRankWeight], bases: Mapping[str, jax.Array],

@@ -22,7 +22,8 @@ from ..layout import Layout
 JAX_ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "silu": jax.nn.silu,
                    "sigmoid": jax.nn.sigmoid, "identity": lambda x: x}  # fmt: skip
 
-__all__ = ["JAX_ACTIVATIONS", "check_chunks", "check_generated_params", "dotted", "dtype_name", "is_floating", "set_path", "unflatten"]
+__all__ = ["JAX_ACTIVATIONS", "check_chunks", "check_generated_params", "dotted", "dtype_name", "is_floating", "set_path", "unflatten",
+           "with_attribute"]
 
 
 def dotted(path: Iterable[Any]) -> str:
@@ -98,3 +99,15 @@ def unflatten(flat: jax.Array, layout: Layout) -> Mapping[str, jax.Array]:
         for name in (slot.name,) + slot.aliases:
             tensors[name] = tensor
     return tensors
+
+
+def with_attribute(module: Any, attribute: str, value: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)`` with ``module.attribute`` set to ``value`` (restored after,
+    even on error): how interceptors swap a flax layer's ``dot_general`` and the like for
+    one call of a frozen dataclass module."""
+    original = getattr(module, attribute)
+    object.__setattr__(module, attribute, value)
+    try:
+        return call(*args, **kwargs)
+    finally:
+        object.__setattr__(module, attribute, original)

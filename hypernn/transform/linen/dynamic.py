@@ -24,7 +24,7 @@ from ...errors import ConditionError, UnsupportedModelError
 from ..jaxconditions import check_condition
 from ..jaxconv import patches_conv
 from ..jaxpersample import drop_sample_batch_axis, map_samples, split_keys, with_sample_axis
-from ..jaxutil import check_chunks, check_generated_params
+from ..jaxutil import check_chunks, check_generated_params, with_attribute
 from . import conditioning, factories
 from .lowrank import factored_dense, frozen_kernels, split_generated
 from .module import HypernetizedLinen, LinenHypernetwork, _checked, check_call_signature
@@ -59,12 +59,7 @@ def _per_sample_layers(conv_paths: FrozenSet[Tuple[str, ...]]) -> Callable[..., 
             attribute, value = "conv_general_dilated", patches_conv
         else:
             return next_fun(*args, **kwargs)
-        original = getattr(module, attribute)
-        object.__setattr__(module, attribute, value)
-        try:
-            return next_fun(*args, **kwargs)
-        finally:
-            object.__setattr__(module, attribute, original)
+        return with_attribute(module, attribute, value, next_fun, *args, **kwargs)
 
     return intercept
 

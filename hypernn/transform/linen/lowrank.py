@@ -27,10 +27,8 @@ import flax.linen as nn
 import jax
 from jax import lax
 
-from ...lowrank import LowRankWeight
-from ...specs import ParamSpec
-from ..jaxlowrank import FactoredDot, Factors, split_low_rank
-from ..jaxutil import unflatten
+from ..jaxlowrank import FactoredDot, Factors, runs_factored, split_low_rank
+from ..jaxutil import unflatten, with_attribute
 from .start import COLLECTION
 
 __all__ = ["factored_dense", "factored_kernels", "frozen_kernels", "split_generated"]
@@ -38,19 +36,12 @@ __all__ = ["factored_dense", "factored_kernels", "frozen_kernels", "split_genera
 Path = Tuple[str, ...]
 
 
-def _runs_factored(weight: LowRankWeight, spec: ParamSpec) -> bool:
-    chain = spec.module_chains[0] if spec.module_chains else ()
-    owner = chain[-1][1] if chain else object
-    dense = isinstance(owner, type) and issubclass(owner, nn.Dense) and owner.__call__ is nn.Dense.__call__
-    return dense and not weight.aliases and len(weight.shape) == 2
-
-
 def factored_kernels(plan: Any) -> Dict[str, Path]:
     """The adapted kernels of a :class:`~hypernn.transform.linen.module.LinenPlan` that run
     factored: name -> the path of their ``nn.Dense``."""
     specs = {spec.name: spec for spec in plan.selection.chosen}
     paths = dict(plan.slots)
-    return {w.name: tuple(paths[w.name][:-1]) for w in plan.low_rank_weights if _runs_factored(w, specs[w.name])}
+    return {w.name: tuple(paths[w.name][:-1]) for w in plan.low_rank_weights if runs_factored(w, specs[w.name], nn.Dense)}
 
 
 def split_generated(hnet: Any, generated_params: jax.Array) -> Tuple[Dict[str, jax.Array], Dict[str, Factors]]:
@@ -87,12 +78,7 @@ def _interceptor(by_path: Mapping[Path, Factors]) -> Callable[..., Any]:
             attribute, value = "dot_general_cls", lambda: FactoredDot(cls(), *factors)
         else:
             attribute, value = "dot_general", FactoredDot(module.dot_general or lax.dot_general, *factors)
-        original = getattr(module, attribute)
-        object.__setattr__(module, attribute, value)
-        try:
-            return next_fun(*args, **kwargs)
-        finally:
-            object.__setattr__(module, attribute, original)
+        return with_attribute(module, attribute, value, next_fun, *args, **kwargs)
 
     return intercept
 

@@ -30,7 +30,7 @@ from flax import nnx
 
 from ...lowrank import LowRankWeight
 from ...specs import ParamSpec
-from ..jaxlowrank import FactoredDot, Factors, split_low_rank
+from ..jaxlowrank import FactoredDot, Factors, runs_factored, split_low_rank
 from ..jaxutil import unflatten
 
 __all__ = ["factor_linears", "factored_kernels", "split_generated"]
@@ -38,17 +38,10 @@ __all__ = ["factor_linears", "factored_kernels", "split_generated"]
 Path = Tuple[Any, ...]
 
 
-def _runs_factored(weight: LowRankWeight, spec: ParamSpec) -> bool:
-    chain = spec.module_chains[0] if spec.module_chains else ()
-    owner = chain[-1][1] if chain else object
-    linear = isinstance(owner, type) and issubclass(owner, nnx.Linear) and owner.__call__ is nnx.Linear.__call__
-    return linear and not weight.aliases and len(weight.shape) == 2
-
-
 def factored_kernels(specs: Sequence[ParamSpec], weights: Sequence[LowRankWeight]) -> Tuple[str, ...]:
     """The names of the low-rank ``weights`` that run factored (``specs``: the model's)."""
     by_name = {spec.name: spec for spec in specs}
-    return tuple(w.name for w in weights if _runs_factored(w, by_name[w.name]))
+    return tuple(w.name for w in weights if runs_factored(w, by_name[w.name], nnx.Linear))
 
 
 def split_generated(hnet: Any, generated_params: jax.Array) -> Tuple[Dict[str, jax.Array], Dict[str, Factors]]:
