@@ -55,7 +55,7 @@ from .default_inits import TargetInit
 from .layout import Layout
 
 __all__ = ["CONSTANT_STD", "INITS", "OutputAffine", "calibrate", "common_scale", "common_scale_of",
-           "expected_calibration", "piece_slots", "plan_output_affine", "slot_values"]
+           "piece_slots", "plan_output_affine", "slot_values"]
 
 INITS = ("hyperfan", "default")
 
@@ -106,14 +106,6 @@ def calibrate(layout: Layout, raw: Any, targets: Sequence[TargetInit], xp: Any =
     ``numpy`` or ``jax.numpy`` (also under a trace).
     """
     return _calibrate_pieces(slot_values(layout, raw), targets, xp, raw.dtype)
-
-
-def expected_calibration(layout: Layout, raws: Sequence[np.ndarray], targets: Sequence[TargetInit]) -> Tuple[Any, Any]:
-    """Like :func:`calibrate`, from several raw outputs (independent initialisations of the
-    generator) pooled per slot: the scales that give each slot its target *in expectation*."""
-    stacked = np.stack([np.asarray(r, dtype=np.float64).reshape(-1) for r in raws])
-    pooled = [stacked[:, slot.offset : slot.offset + slot.size].reshape(-1) for slot in layout.slots]
-    return _calibrate_pieces(pooled, targets, np, np.dtype(np.float64))
 
 
 def _calibrate_pieces(pieces: Sequence[Any], targets: Sequence[TargetInit], xp: Any, dtype: Any) -> Tuple[Any, Any]:
