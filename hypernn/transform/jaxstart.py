@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
@@ -32,13 +33,27 @@ def per_element(values: jax.Array, layout: Layout, gap: float) -> jax.Array:
     return jnp.concatenate([jnp.broadcast_to(extended[slot], (size,)) for size, slot in zip(sizes, slots)])
 
 
-def start_map(raw: jax.Array, layout: Layout, scale: jax.Array, shift: jax.Array, base: Optional[jax.Array] = None) -> jax.Array:
-    """``(base if given else shift) + scale * raw`` per slot (unused places unchanged);
-    leading (per-sample) dims kept.
+@functools.lru_cache(maxsize=64)
+def _piece_index(layout: Layout) -> np.ndarray:
+    """For every value of the flat vector, the index of its slot (``len(slots)`` where unused)."""
+    sizes, slots = piece_slots(layout)
+    return np.repeat(np.asarray(slots, dtype=np.int32), sizes)
 
-    Written piece by piece (each slot's slice times its own scalar), so that XLA fuses the
-    map into whatever consumes each generated tensor: no full-size scale or shift vector is
-    built inside a jitted step."""
+
+def start_map(raw: jax.Array, layout: Layout, scale: jax.Array, shift: jax.Array, base: Optional[jax.Array] = None) -> jax.Array:
+    """``(base if given else shift) + scale * raw`` per slot (unused places: ``raw``, plus
+    ``base`` if given); leading (per-sample) dims kept.
+
+    Under a trace (``jax.jit``, ``grad``, ``vmap``) it is written piece by piece (each
+    slot's slice times its own scalar), so that XLA fuses the map into whatever consumes each
+    generated tensor: no full-size scale or shift vector is built inside a jitted step.
+    Eagerly (one op dispatch per piece would cost milliseconds on a many-layer model) it
+    gathers the per-tensor values with one cached index instead."""
+    if not any(isinstance(v, jax.core.Tracer) for v in (raw, scale, shift, base)):
+        index = _piece_index(layout)
+        spread_scale = jnp.concatenate([scale, jnp.ones((1,), scale.dtype)])[index]
+        offset = base if base is not None else jnp.concatenate([shift, jnp.zeros((1,), shift.dtype)])[index]
+        return (offset + spread_scale * raw).astype(raw.dtype)
     sizes, slots = piece_slots(layout)
     cuts = np.cumsum(sizes)[:-1]
     parts = jnp.split(raw, cuts, axis=-1)  # one split (its transpose is one concatenate), not a slice each
@@ -47,6 +62,8 @@ def start_map(raw: jax.Array, layout: Layout, scale: jax.Array, shift: jax.Array
     for part, start, slot in zip(parts, bases, slots):
         if slot < count:
             part = (start if start is not None else shift[slot]) + scale[slot] * part
+        elif start is not None:  # unused places: base + raw, like the gather
+            part = start + part
         pieces.append(part)
     return jnp.concatenate(pieces, axis=-1).astype(raw.dtype)
 

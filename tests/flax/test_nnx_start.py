@@ -253,3 +253,23 @@ def test_summary_rows_and_totals():
     assert summary.hypernetwork_params == own
     assert summary.target_params == sum(v[...].size for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     assert "fc.kernel" in str(summary) and "lecun_normal, fan_in=16" in str(summary)
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["shift", "base"])
+def test_start_map_eager_gather_equals_the_traced_piecewise_map(warm):
+    from hypernn.layout import plan_layout
+    from hypernn.transform.jaxstart import start_map
+
+    layout = plan_layout([("w", (3, 4)), ("b", (3,)), ("v", (5,))], kind="global", num_embeddings=3)
+    assert layout.unused > 0
+    raw = jax.random.normal(jax.random.key(0), (2, layout.generated_size))  # per-sample leading dim
+    scale, shift = jnp.array([2.0, 0.5, 3.0]), jnp.array([0.1, -1.0, 4.0])
+    base = jax.random.normal(jax.random.key(1), (layout.generated_size,)) if warm else None
+    expected = np.array(raw + base) if warm else np.array(raw)  # unused places: raw (+ base)
+    for slot, s, h in zip(layout.slots, scale, shift):
+        window = slice(slot.offset, slot.offset + slot.size)
+        start = base[window] if warm else h
+        expected[:, window] = start + s * raw[:, window]
+    np.testing.assert_allclose(start_map(raw, layout, scale, shift, base), expected, **TOL)
+    traced = jax.jit(lambda r, s, h, b: start_map(r, layout, s, h, b))(raw, scale, shift, base)
+    np.testing.assert_allclose(traced, expected, **TOL)
